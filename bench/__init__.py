@@ -1,0 +1,1 @@
+"""`make bench`: every figure beside its baseline, measured in the same run."""

@@ -1,0 +1,1 @@
+"""The runtime every Empire Security service shares."""

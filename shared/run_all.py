@@ -1,0 +1,66 @@
+"""`make run`: the four services on their embedded defaults; Ctrl-C stops them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.config import DEFAULT_HTTP_PORTS, DEFAULT_PORTS, Env, load_server_settings
+
+SERVICES = ("auth", "vault", "cache", "llm")
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+def main() -> int:
+    Path("var").mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    host = load_server_settings("auth", Env()).host
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name in SERVICES:
+        children[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env=env
+        )
+
+    print("\nEmpire Security is starting (Ctrl-C stops it):", flush=True)
+    for name in SERVICES:
+        print(
+            f"  {name:<6} gRPC {host}:{DEFAULT_PORTS[name]}"
+            f"   metrics http://{host}:{DEFAULT_HTTP_PORTS[name]}/metrics",
+            flush=True,
+        )
+    print(
+        f"  JWKS   http://{host}:{DEFAULT_HTTP_PORTS['auth']}/.well-known/jwks.json\n"
+    )
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        failed = [name for name, child in children.items() if child.poll() is not None]
+        print(f"stopping: {', '.join(failed)} exited", file=sys.stderr)
+        return_code = 1
+    except KeyboardInterrupt:
+        return_code = 0
+    _stop(children)
+    return return_code
+
+
+def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for name, child in children.items():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{name} did not stop in time; killing it", file=sys.stderr)
+            child.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

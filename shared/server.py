@@ -1,0 +1,210 @@
+"""Bootstrap of a service: gRPC with health, reflection and the interceptor, plus HTTP.
+
+The HTTP side serves `/metrics` for Prometheus, `/healthz`, and any routes the
+service adds (auth publishes its JWKS there for the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.access import rules_for_services
+from shared.authn import HttpJwksSource, JwksTokenVerifier, TokenVerifier
+from shared.config import ServerSettings, SettingsError
+from shared.interceptor import ServerInterceptor
+from shared.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Service:
+    """What a service hands the bootstrap: its servicers and its hooks."""
+
+    name: str
+    servicers: list[tuple[Callable[[Any, Any], None], object]]
+    service_names: list[str]
+    http_routes: list[web.RouteDef] = field(default_factory=list)
+    on_close: Callable[[], Awaitable[None]] | None = None
+    token_verifier: TokenVerifier | None = None
+
+
+class RunningServer:
+    """A started service; `stop` drains it."""
+
+    def __init__(
+        self,
+        service: Service,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        http_runner: web.AppRunner,
+        host: str,
+        port: int,
+        http_port: int,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self._server = server
+        self._health = health_servicer
+        self._http_runner = http_runner
+        self._stopped = False
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.target)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish, then close the service."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_seconds)
+        await self._http_runner.cleanup()
+        if self.service.on_close is not None:
+            await self.service.on_close()
+
+
+def default_verifier(settings: ServerSettings) -> TokenVerifier | None:
+    if not settings.auth_enabled:
+        logger.warning("authentication is OFF (EMPIRE_AUTH_ENABLED=false); dev only")
+        return None
+    return JwksTokenVerifier(
+        HttpJwksSource(settings.jwks_url),
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        leeway_seconds=settings.clock_leeway_seconds,
+        refetch_interval_seconds=settings.jwks_refetch_interval_seconds,
+    )
+
+
+async def start_server(
+    service: Service,
+    settings: ServerSettings,
+    verifier: TokenVerifier | None = None,
+) -> RunningServer:
+    """Start `service` on the settings' ports (0 picks free ones)."""
+    if verifier is None and service.token_verifier is not None:
+        verifier = service.token_verifier
+    elif verifier is None:
+        verifier = default_verifier(settings)
+
+    interceptor = ServerInterceptor(
+        service.name, rules_for_services(service.service_names), verifier
+    )
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for add_to_server, servicer in service.servicers:
+        add_to_server(servicer, server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    for name in ["", *service.service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    http_runner, http_port = await _start_http(service, settings)
+    return RunningServer(
+        service, server, health_servicer, http_runner, settings.host, port, http_port
+    )
+
+
+async def _start_http(
+    service: Service, settings: ServerSettings
+) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_routes(service.http_routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+SettingsT = TypeVar("SettingsT")
+
+
+def main(
+    name: str,
+    load_settings: Callable[[], SettingsT],
+    create_service: Callable[[SettingsT], Awaitable[Service]],
+) -> None:
+    """Entry point of `python -m services.<name>`."""
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"{name}: bad configuration: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    server_settings: ServerSettings = settings.server  # type: ignore[attr-defined]
+    configure_logging(server_settings.log_level)
+    asyncio.run(_serve_until_signalled(name, settings, server_settings, create_service))
+
+
+async def _serve_until_signalled(
+    name: str,
+    settings: SettingsT,
+    server_settings: ServerSettings,
+    create_service: Callable[[SettingsT], Awaitable[Service]],
+) -> None:
+    service = await create_service(settings)
+    running = await start_server(service, server_settings)
+    logger.info(
+        "%s listening on %s (http %s)",
+        name,
+        running.target,
+        running.http_port,
+        extra={"grpc_port": running.port, "http_port": running.http_port},
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    logger.info(
+        "%s draining for up to %ss", name, server_settings.shutdown_grace_seconds
+    )
+    await running.stop(server_settings.shutdown_grace_seconds)
+    logger.info("%s stopped", name)

@@ -1,0 +1,171 @@
+"""The shared runtime seen from a client: auth, scopes, errors, health, reflection."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from empire.echo.v1 import echo_service_pb2 as echo_pb2
+from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
+from shared.clients import ServiceClient, bearer
+from shared.echo import echo_service
+from tests.harness.grpc_errors import bad_request, error_info
+from tests.harness.servers import serve, test_server_settings
+from tests.harness.tokens import LocalIssuer
+
+
+@pytest.fixture
+async def echo(issuer: LocalIssuer):
+    async with serve(
+        echo_service(), test_server_settings("auth"), issuer.verifier()
+    ) as running:
+        async with running.channel() as channel:
+            yield echo_grpc.EchoServiceStub(channel)
+
+
+async def test_call_without_token_is_unauthenticated(echo) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(echo_pb2.EchoRequest(message="hi"))
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = error_info(caught.value)
+    assert info.reason == "MISSING_TOKEN"
+    assert info.domain == "echo.empire-security"
+
+
+async def test_token_without_scope_is_permission_denied(echo, issuer) -> None:
+    token = issuer.token(["secrets:read"])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(echo_pb2.EchoRequest(message="hi"), metadata=[bearer(token)])
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "MISSING_SCOPE"
+
+
+async def test_token_with_scope_reaches_the_servicer_as_its_subject(echo, issuer):
+    token = issuer.token(["echo:call"], subject="svc-a")
+
+    response = await echo.Echo(
+        echo_pb2.EchoRequest(message="hi"), metadata=[bearer(token)]
+    )
+
+    assert (response.message, response.caller) == ("hi", "svc-a")
+
+
+async def test_admin_scope_passes_every_method(echo, issuer) -> None:
+    response = await echo.Echo(
+        echo_pb2.EchoRequest(message="hi"), metadata=[bearer(issuer.token(["*"]))]
+    )
+    assert response.message == "hi"
+
+
+@pytest.mark.parametrize(
+    "claims, reason",
+    [
+        pytest.param({"ttl": -120}, "EXPIRED", id="expired"),
+        pytest.param({"aud": "someone-else"}, "WRONG_AUDIENCE", id="audience"),
+        pytest.param({"iss": "https://evil.example"}, "WRONG_ISSUER", id="issuer"),
+    ],
+)
+async def test_bad_tokens_are_unauthenticated_with_a_reason(
+    echo, issuer, claims, reason
+) -> None:
+    token = issuer.token(["echo:call"], **claims)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(echo_pb2.EchoRequest(message="hi"), metadata=[bearer(token)])
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == reason
+
+
+async def test_token_from_another_issuer_key_is_unknown_key(echo) -> None:
+    stranger = LocalIssuer()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(
+            echo_pb2.EchoRequest(message="hi"),
+            metadata=[bearer(stranger.token(["echo:call"]))],
+        )
+
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value).reason == "UNKNOWN_KEY"
+
+
+async def test_malformed_request_names_the_field(echo, issuer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(
+            echo_pb2.EchoRequest(message=""),
+            metadata=[bearer(issuer.token(["echo:call"]))],
+        )
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "EMPTY_MESSAGE"
+    violation = bad_request(caught.value).field_violations[0]
+    assert violation.field == "message"
+
+
+async def test_public_method_needs_no_token(echo) -> None:
+    response = await echo.PublicEcho(echo_pb2.EchoRequest(message="open"))
+    assert response.message == "open"
+
+
+async def test_streaming_method_is_authorized_and_maps_errors(echo, issuer) -> None:
+    token = issuer.token(["echo:call"], subject="streamer")
+
+    replies = [
+        reply
+        async for reply in echo.StreamEcho(
+            echo_pb2.StreamEchoRequest(message="x", repeat=3), metadata=[bearer(token)]
+        )
+    ]
+    assert [(r.message, r.caller) for r in replies] == [("x", "streamer")] * 3
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in echo.StreamEcho(
+            echo_pb2.StreamEchoRequest(message="x", repeat=0), metadata=[bearer(token)]
+        ):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(caught.value).field_violations[0].field == "repeat"
+
+
+async def test_client_helper_adds_token_and_deadline(echo, issuer) -> None:
+    client = ServiceClient(echo, token=lambda: issuer.token(["echo:call"]), timeout=2)
+
+    response = await client.Echo(echo_pb2.EchoRequest(message="via helper"))
+
+    assert response.message == "via helper"
+
+
+async def test_health_reports_serving_for_the_service(issuer) -> None:
+    async with serve(
+        echo_service(), test_server_settings("auth"), issuer.verifier()
+    ) as running:
+        async with running.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(
+                health_pb2.HealthCheckRequest(service="empire.echo.v1.EchoService")
+            )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_unknown_kids_refetch_the_jwks_at_most_once_per_interval(
+    echo, issuer
+) -> None:
+    await echo.Echo(
+        echo_pb2.EchoRequest(message="warm"),
+        metadata=[bearer(issuer.token(["echo:call"]))],
+    )
+    fetches_before = issuer.jwks_fetches
+
+    for _ in range(20):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await echo.Echo(
+                echo_pb2.EchoRequest(message="hi"),
+                metadata=[bearer(LocalIssuer().token(["echo:call"]))],
+            )
+
+    assert issuer.jwks_fetches - fetches_before <= 1
