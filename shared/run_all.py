@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.config import DEFAULT_HTTP_PORTS, DEFAULT_PORTS, Env, load_server_settings
+from shared.config import Env, load_server_settings
 
 SERVICES = ("auth", "vault", "cache", "llm")
 STOP_TIMEOUT_SECONDS = 15.0
@@ -18,7 +18,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 def main() -> int:
     Path("var").mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    host = load_server_settings("auth", Env()).host
+    settings = {name: load_server_settings(name, Env()) for name in SERVICES}
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name in SERVICES:
         children[name] = subprocess.Popen(
