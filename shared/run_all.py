@@ -26,17 +26,16 @@ def main() -> int:
         )
 
     print("\nEmpire Security is starting (Ctrl-C stops it):", flush=True)
-    for name in SERVICES:
+    for name, each in settings.items():
         print(
-            f"  {name:<6} gRPC {host}:{DEFAULT_PORTS[name]}"
-            f"   metrics http://{host}:{DEFAULT_HTTP_PORTS[name]}/metrics",
+            f"  {name:<6} gRPC {each.host}:{each.port}"
+            f"   metrics http://{each.host}:{each.http_port}/metrics",
             flush=True,
         )
-    print(
-        f"  JWKS   http://{host}:{DEFAULT_HTTP_PORTS['auth']}/.well-known/jwks.json\n"
-    )
+    auth = settings["auth"]
+    print(f"  JWKS   http://{auth.host}:{auth.http_port}/.well-known/jwks.json\n")
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
@@ -47,6 +46,10 @@ def main() -> int:
         return_code = 0
     _stop(children)
     return return_code
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
