@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,10 +30,23 @@ class ServiceClient:
     `timeout=self.timeout` unless the caller passes its own `timeout`.
     """
 
-    def __init__(self, stub: Any, *, token: TokenSource = None, timeout: float = 5.0):
+    def __init__(
+        self,
+        stub: Any,
+        *,
+        token: TokenSource = None,
+        timeout: float = 5.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
         self.stub = stub
         self.timeout = timeout
+        self.channel = channel
         self._token = token
+
+    async def close(self) -> None:
+        """Close the channel, if this client opened it."""
+        if self.channel is not None:
+            await self.channel.close()
 
     def __getattr__(self, method_name: str) -> Callable[..., Any]:
         method = getattr(self.stub, method_name)
@@ -57,6 +71,32 @@ class ServiceClient:
             return await method(request, **kwargs)
 
         return awaiting_token()
+
+
+_STUBS = {
+    "auth": ("empire.auth.v1.auth_service_pb2_grpc", "AuthServiceStub"),
+    "vault": ("empire.vault.v1.vault_service_pb2_grpc", "VaultServiceStub"),
+    "cache": ("empire.cache.v1.cache_service_pb2_grpc", "CacheServiceStub"),
+    "llm": ("empire.llm.v1.llm_service_pb2_grpc", "LlmServiceStub"),
+    "echo": ("empire.echo.v1.echo_service_pb2_grpc", "EchoServiceStub"),
+}
+
+
+def connect(
+    service: str,
+    target: str,
+    *,
+    token: TokenSource = None,
+    timeout: float = 5.0,
+    channel: grpc.aio.Channel | None = None,
+) -> ServiceClient:
+    """A client for one of the suite's services at `target` (`host:port`)."""
+    module_name, stub_name = _STUBS[service]
+    stub_class = getattr(importlib.import_module(module_name), stub_name)
+    if channel is not None:
+        return ServiceClient(stub_class(channel), token=token, timeout=timeout)
+    owned = open_channel(target)
+    return ServiceClient(stub_class(owned), token=token, timeout=timeout, channel=owned)
 
 
 def bearer(token: str) -> tuple[str, str]:

@@ -8,7 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from empire.echo.v1 import echo_service_pb2 as echo_pb2
 from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
-from shared.clients import ServiceClient, bearer
+from shared.clients import ServiceClient, bearer, connect
 from shared.echo import echo_service
 from tests.harness.grpc_errors import bad_request, error_info
 from tests.harness.servers import serve, test_server_settings
@@ -169,3 +169,15 @@ async def test_unknown_kids_refetch_the_jwks_at_most_once_per_interval(
             )
 
     assert issuer.jwks_fetches - fetches_before <= 1
+
+
+async def test_connect_builds_a_client_for_a_named_service(issuer) -> None:
+    settings = test_server_settings("auth")
+    async with serve(echo_service(), settings, issuer.verifier()) as running:
+        client = connect(
+            "echo", running.target, token=lambda: issuer.token(["echo:call"])
+        )
+        response = await client.Echo(echo_pb2.EchoRequest(message="named"))
+        await client.close()
+
+    assert response.message == "named"
