@@ -5,7 +5,9 @@ either dialect; this module converts placeholders and types, applies each
 service's ordered migrations once, and turns driver failures into the two
 errors callers handle: `shared.errors.Unavailable` (reason DATABASE_UNAVAILABLE)
 when the database cannot be reached, and `UniqueViolation` when a row clashes
-with a unique constraint. Rows come back as tuples, binary columns as `bytes`.
+with a unique constraint (plus `shared.errors.Aborted`, reason DATABASE_CONFLICT,
+when PostgreSQL breaks a deadlock). Rows come back as tuples, binary columns as
+`bytes`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import psycopg
 import psycopg_pool
 
-from shared.errors import Unavailable
+from shared.errors import Aborted, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,11 @@ Dialect = Literal["postgres", "sqlite"]
 T = TypeVar("T")
 
 UNAVAILABLE_REASON = "DATABASE_UNAVAILABLE"
+CONFLICT_REASON = "DATABASE_CONFLICT"
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_STATEMENT_TIMEOUT_S = 10.0
+_INTERRUPT_ROUNDS = 20
+_INTERRUPT_WAIT_S = 0.05
 
 _MIGRATION_FILE = re.compile(r"^(\d+)_([A-Za-z0-9_\-]+?)(?:\.(postgres|sqlite))?\.sql$")
 _PLACEHOLDER = re.compile(r"%[s%]")
@@ -207,6 +212,7 @@ def _log_outage(dialect: str, exc: BaseException) -> None:
 
 # PostgreSQL ------------------------------------------------------------------
 
+_PG_CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _PG_UNAVAILABLE = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
@@ -223,6 +229,12 @@ def _postgres_errors() -> Iterator[None]:
         yield
     except psycopg.errors.UniqueViolation as exc:
         raise UniqueViolation(exc.diag.constraint_name) from None
+    except _PG_CONFLICTS:
+        # A deadlock or serialization failure: the database is up, and the
+        # caller may retry the whole transaction.
+        raise Aborted(
+            "the transaction lost a conflict; retry it", reason=CONFLICT_REASON
+        ) from None
     except _PG_UNAVAILABLE as exc:
         _log_outage("postgres", exc)
         raise _unavailable() from None
@@ -234,17 +246,13 @@ class PostgresDatabase:
     dialect: Dialect = "postgres"
 
     def __init__(
-        self, pool: psycopg_pool.AsyncConnectionPool, statement_timeout_s: float
+        self, url: str, timeout_s: float, statement_timeout_s: float, max_size: int
     ) -> None:
-        self._pool = pool
+        self._timeout_s = timeout_s
         self._statement_timeout_s = statement_timeout_s
         self._abandoned: set[asyncio.Task[Any]] = set()
-
-    @classmethod
-    async def connect(
-        cls, url: str, timeout_s: float, statement_timeout_s: float, max_size: int
-    ) -> PostgresDatabase:
-        pool = psycopg_pool.AsyncConnectionPool(
+        self._sweep: asyncio.Task[None] | None = None
+        self._pool = psycopg_pool.AsyncConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
@@ -253,8 +261,8 @@ class PostgresDatabase:
             # Give up background reconnection quickly: the next request then
             # starts a fresh attempt at once instead of waiting out a long
             # exponential backoff after the database is back.
-            reconnect_timeout=timeout_s,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            reconnect_timeout=timeout_s / 2,
+            check=self._check_connection,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(2, int(timeout_s)),
@@ -264,22 +272,28 @@ class PostgresDatabase:
                 "keepalives_count": 3,
             },
         )
+
+    @classmethod
+    async def connect(
+        cls, url: str, timeout_s: float, statement_timeout_s: float, max_size: int
+    ) -> PostgresDatabase:
+        database = cls(url, timeout_s, statement_timeout_s, max_size)
         with _postgres_errors():
             try:
-                await pool.open(wait=True, timeout=timeout_s)
+                await database._pool.open(wait=True, timeout=timeout_s)
             except BaseException:
-                await pool.close()
+                await database._pool.close()
                 raise
-        return cls(pool, statement_timeout_s)
+        return database
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        return await self._bounded(self._run(_pg_execute, sql, params))
+        return await self._within(self._run(_pg_execute, sql, params))
 
     async def fetchone(self, sql: str, params: Params = None) -> Row | None:
-        return await self._bounded(self._run(_pg_fetchone, sql, params))
+        return await self._within(self._run(_pg_fetchone, sql, params))
 
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
-        return await self._bounded(self._run(_pg_fetchall, sql, params))
+        return await self._within(self._run(_pg_fetchall, sql, params))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
@@ -288,11 +302,12 @@ class PostgresDatabase:
         An exception rolls it back. On PostgreSQL a failed statement aborts the
         whole transaction, so let its exception leave the block.
         """
-        with _postgres_errors():
-            async with asyncio.timeout(self._statement_timeout_s):
-                conn = await self._pool.getconn()
+        with self._errors():
+            conn = await self._within(
+                self._pool.getconn(), late_result=self._pool.putconn
+            )
+        transaction = _PostgresTransaction(self, conn)
         try:
-            transaction = _PostgresTransaction(conn, self._statement_timeout_s)
             await transaction.execute("BEGIN")
             try:
                 yield transaction
@@ -319,10 +334,36 @@ class PostgresDatabase:
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
 
     async def close(self) -> None:
-        for task in list(self._abandoned):
+        background = [*self._abandoned, *([self._sweep] if self._sweep else [])]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._abandoned, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await self._pool.close(timeout=self._statement_timeout_s)
+
+    async def _check_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            self._sweep_idle_connections()
+            raise
+
+    def _sweep_idle_connections(self) -> None:
+        # One broken connection means its idle neighbours are likely broken too
+        # (the database restarted, the network was cut). Checking them all at
+        # once spares the next callers from drawing them one by one, each
+        # failed draw costing a backoff, until their timeout.
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.create_task(self._pool.check())
+            self._sweep.add_done_callback(_retrieve_exception)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            with _postgres_errors():
+                yield
+        except Unavailable:
+            self._sweep_idle_connections()
+            raise
 
     async def _run(
         self,
@@ -330,43 +371,72 @@ class PostgresDatabase:
         sql: str,
         params: Params,
     ) -> T:
-        with _postgres_errors():
+        with self._errors():
             async with self._pool.connection() as conn, conn.cursor() as cursor:
                 await cursor.execute(sql, params or None)
                 return await operation(cursor)
 
-    async def _bounded(self, work: Awaitable[T]) -> T:
-        # psycopg answers a cancellation by asking the server to cancel the
-        # query, which itself hangs on a stalled network; so the caller gets
-        # its answer at the deadline and the cleanup finishes in the background.
+    async def _within(
+        self,
+        work: Awaitable[T],
+        late_result: Callable[[T], Awaitable[None]] | None = None,
+    ) -> T:
+        """`work`'s result, or `Unavailable` once the statement timeout passes,
+        so a stalled network fails instead of hanging. `late_result` takes a
+        result that arrives after the caller gave up (a pooled connection)."""
         task = asyncio.ensure_future(work)
         try:
             done, _ = await asyncio.wait({task}, timeout=self._statement_timeout_s)
         except asyncio.CancelledError:
-            task.cancel()
+            await self._interrupt(task, late_result)
             raise
-        if not done:
-            task.cancel()
-            self._abandoned.add(task)
-            task.add_done_callback(_forget_abandoned(self._abandoned))
-            _log_outage("postgres", TimeoutError())
-            raise _unavailable()
-        return task.result()
+        if done:
+            return task.result()
+
+        await self._interrupt(task, late_result)
+        _log_outage("postgres", TimeoutError())
+        raise _unavailable()
+
+    async def _interrupt(
+        self,
+        task: asyncio.Task[T],
+        late_result: Callable[[T], Awaitable[None]] | None,
+    ) -> None:
+        # psycopg answers a first cancellation by asking the server to cancel
+        # the query, which hangs as long as the network does, and a second one
+        # by closing the connection: so cancel until the task ends.
+        try:
+            for _ in range(_INTERRUPT_ROUNDS):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=_INTERRUPT_WAIT_S)
+                if done:
+                    break
+        finally:
+            if not task.done():
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+                task.add_done_callback(_retrieve_exception)
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return
+        if late_result is not None:
+            await late_result(task.result())
 
 
 class _PostgresTransaction:
-    def __init__(self, conn: psycopg.AsyncConnection[Any], timeout_s: float) -> None:
+    def __init__(
+        self, database: PostgresDatabase, conn: psycopg.AsyncConnection[Any]
+    ) -> None:
+        self._database = database
         self._conn = conn
-        self._timeout_s = timeout_s
 
     async def execute(self, sql: str, params: Params = None) -> int:
-        return await self._run(_pg_execute, sql, params)
+        return await self._database._within(self._run(_pg_execute, sql, params))
 
     async def fetchone(self, sql: str, params: Params = None) -> Row | None:
-        return await self._run(_pg_fetchone, sql, params)
+        return await self._database._within(self._run(_pg_fetchone, sql, params))
 
     async def fetchall(self, sql: str, params: Params = None) -> list[Row]:
-        return await self._run(_pg_fetchall, sql, params)
+        return await self._database._within(self._run(_pg_fetchall, sql, params))
 
     async def _run(
         self,
@@ -374,20 +444,17 @@ class _PostgresTransaction:
         sql: str,
         params: Params,
     ) -> T:
-        with _postgres_errors():
-            async with asyncio.timeout(self._timeout_s):
-                async with self._conn.cursor() as cursor:
-                    await cursor.execute(sql, params or None)
-                    return await operation(cursor)
+        with self._database._errors():
+            async with self._conn.cursor() as cursor:
+                await cursor.execute(sql, params or None)
+                return await operation(cursor)
 
 
-def _forget_abandoned(tasks: set[asyncio.Task[Any]]) -> Callable[..., None]:
-    def forget(task: asyncio.Task[Any]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not log it
-
-    return forget
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    # Retrieved, so asyncio does not log "exception was never retrieved": the
+    # caller already had its answer.
+    if not task.cancelled():
+        task.exception()
 
 
 async def _pg_execute(cursor: psycopg.AsyncCursor[Any]) -> int:
@@ -476,6 +543,7 @@ class SqliteDatabase:
         self._executor = executor
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     async def connect(cls, path: str) -> SqliteDatabase:
@@ -526,6 +594,9 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             await self._call(_sqlite_close)
         self._executor.shutdown(wait=False)
 

@@ -3,18 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from tests.harness.tokens import LocalIssuer
 
-# TODO: drop the guard once tests/harness/db_fixtures.py has landed.
-pytest_plugins = [
-    name
-    for name in ["tests.harness.db_fixtures"]
-    if importlib.util.find_spec(name) is not None
-]
+pytest_plugins = ["tests.harness.db_fixtures"]
 
 
 @pytest.fixture
