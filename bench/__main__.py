@@ -12,7 +12,7 @@ from bench import bench_echo
 from bench.report import Report
 from shared.logs import configure_logging
 
-SERVICE_BENCHES = ("auth", "vault", "cache", "llm", "gateway")
+SERVICE_BENCHES = ("auth", "vault", "cache", "llm", "gateway", "peers")
 
 
 async def main(selected: list[str]) -> None:
