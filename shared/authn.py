@@ -9,6 +9,8 @@ so a stream of made-up `kid`s cannot turn verifiers into a flood against auth.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextvars
 import json
 import logging
@@ -146,6 +148,7 @@ class JwksTokenVerifier:
         audience: str,
         leeway_seconds: float = 30.0,
         refetch_interval_seconds: float = 10.0,
+        max_age_seconds: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_jwks = fetch_jwks
@@ -153,6 +156,7 @@ class JwksTokenVerifier:
         self._audience = audience
         self._leeway = leeway_seconds
         self._refetch_interval = refetch_interval_seconds
+        self._max_age = max_age_seconds
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
@@ -161,11 +165,15 @@ class JwksTokenVerifier:
         self.fetch_count = 0
 
     async def verify(self, token: str) -> Principal:
+        now = self._clock()
+        keys_are_fresh = now - self._last_fetch <= self._max_age
         cached = self._verified.get(token)
-        if cached is not None and cached[1] + self._leeway > self._clock():
+        if keys_are_fresh and cached is not None and cached[1] + self._leeway > now:
             return cached[0]
 
         header = _read_header(token)
+        if not keys_are_fresh:
+            await self._refresh_stale_keys()
         key = await self._key_for(header.get("kid"))
         claims = self._decode(token, key)
         principal = principal_from_claims(claims)
@@ -193,6 +201,23 @@ class JwksTokenVerifier:
                 "the token's key is not published", reason="UNKNOWN_KEY"
             )
         return key
+
+    async def _refresh_stale_keys(self) -> None:
+        """Refetch a set older than its max-age, so withdrawn keys stop verifying.
+
+        A failed fetch keeps the old set: auth being down must not stop
+        verification with keys that were valid a moment ago.
+        """
+        async with self._fetch_lock:
+            if self._clock() - self._last_fetch <= self._max_age:
+                return
+            try:
+                await self._fetch()
+            except Exception as error:  # noqa: BLE001 - any fetch failure degrades alike
+                logger.warning(
+                    "cannot refresh the JWKS, keeping the cached keys: %s",
+                    type(error).__name__,
+                )
 
     async def _refetch_if_allowed(self) -> None:
         async with self._fetch_lock:
@@ -252,12 +277,19 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
 def _read_header(token: str) -> dict[str, Any]:
     if len(token) > MAX_TOKEN_BYTES:
         raise Unauthenticated("the token is too large", reason="MALFORMED_TOKEN")
+    # Only the header is decoded here: `jwt.get_unverified_header` would decode
+    # all three parts, which `jwt.decode` then does again.
+    encoded, dot, _ = token.partition(".")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+        header = json.loads(
+            base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        )
+    except (ValueError, binascii.Error):
         raise Unauthenticated(
             "the token is malformed", reason="MALFORMED_TOKEN"
         ) from None
+    if not dot or not isinstance(header, dict):
+        raise Unauthenticated("the token is malformed", reason="MALFORMED_TOKEN")
     if header.get("alg") not in ALLOWED_ALGORITHMS:
         raise Unauthenticated(
             "the token's algorithm is not accepted", reason="BAD_ALGORITHM"

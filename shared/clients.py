@@ -15,6 +15,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.enable_retries", 1),
+    # With a headless Service (`dns:///vault-headless:50052`) every replica is
+    # used, not only the first address resolved.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

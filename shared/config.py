@@ -136,6 +136,7 @@ class ServerSettings:
     token_issuer: str
     token_audience: str
     jwks_refetch_interval_seconds: float
+    jwks_max_age_seconds: float
     clock_leeway_seconds: float
 
 
@@ -168,6 +169,7 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
         jwks_refetch_interval_seconds=env.float(
             "JWKS_REFETCH_INTERVAL_SECONDS", 10.0, minimum=0.0
         ),
+        jwks_max_age_seconds=env.float("JWKS_MAX_AGE_SECONDS", 300.0, minimum=1.0),
         clock_leeway_seconds=env.float(
             "CLOCK_LEEWAY_SECONDS", 30.0, minimum=0.0, maximum=300.0
         ),

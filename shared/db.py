@@ -18,6 +18,7 @@ import functools
 import hashlib
 import logging
 import re
+import select
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -341,6 +342,11 @@ class PostgresDatabase:
         await self._pool.close(timeout=self._statement_timeout_s)
 
     async def _check_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # An idle connection has nothing to say: if its socket is readable, the
+        # server or the network closed it (or sent a notice). Only then does
+        # the check pay a round trip, so the usual acquisition costs none.
+        if not _has_pending_input(conn):
+            return
         try:
             await psycopg_pool.AsyncConnectionPool.check_connection(conn)
         except Exception:
@@ -448,6 +454,14 @@ class _PostgresTransaction:
             async with self._conn.cursor() as cursor:
                 await cursor.execute(sql, params or None)
                 return await operation(cursor)
+
+
+def _has_pending_input(conn: psycopg.AsyncConnection[Any]) -> bool:
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
 def _retrieve_exception(task: asyncio.Task[Any]) -> None:

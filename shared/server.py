@@ -94,6 +94,7 @@ def default_verifier(settings: ServerSettings) -> TokenVerifier | None:
         audience=settings.token_audience,
         leeway_seconds=settings.clock_leeway_seconds,
         refetch_interval_seconds=settings.jwks_refetch_interval_seconds,
+        max_age_seconds=settings.jwks_max_age_seconds,
     )
 
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from shared.db import (
@@ -482,3 +483,26 @@ async def test_deadlock_is_aborted_and_the_other_transaction_commits(
     assert len(aborted) == 1 and aborted[0].reason == "DATABASE_CONFLICT"
     assert outcomes.count(None) == 1
     assert labels in ([("a",), ("a",)], [("b",), ("b",)])
+
+
+async def test_connections_the_server_closed_are_replaced_unseen(
+    postgres_url: str, postgres_admin_url: str
+) -> None:
+    db = await open_database(postgres_url)
+    try:
+        await asyncio.gather(*(db.fetchone("SELECT pg_sleep(0.1)") for _ in range(4)))
+        async with await psycopg.AsyncConnection.connect(
+            postgres_admin_url, autocommit=True
+        ) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s",
+                (postgres_url.rsplit("/", 1)[1],),
+            )
+        await asyncio.sleep(0.1)  # let the termination notices arrive
+
+        answers = [await db.fetchone("SELECT %s::int", (n,)) for n in range(4)]
+    finally:
+        await db.close()
+
+    assert answers == [(n,) for n in range(4)]

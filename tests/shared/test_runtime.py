@@ -181,3 +181,48 @@ async def test_connect_builds_a_client_for_a_named_service(issuer) -> None:
         await client.close()
 
     assert response.message == "named"
+
+
+async def test_withdrawn_key_stops_verifying_once_the_set_is_older_than_max_age(
+    issuer,
+) -> None:
+    from shared.authn import JwksTokenVerifier
+
+    now = [1_000.0]
+    published = {"keys": issuer.jwks()["keys"]}
+
+    async def fetch() -> dict:
+        return published
+
+    verifier = JwksTokenVerifier(
+        fetch,
+        issuer=issuer.issuer,
+        audience=issuer.audience,
+        max_age_seconds=60,
+        clock=lambda: now[0],
+    )
+    token = issuer.token(["echo:call"], ttl=10_000_000_000)
+    await verifier.verify(token)
+
+    published["keys"] = []
+    now[0] += 30
+    await verifier.verify(token)  # still within max-age: the cached set holds
+    now[0] += 31
+    with pytest.raises(Exception) as caught:
+        await verifier.verify(token)
+    assert getattr(caught.value, "reason", "") == "UNKNOWN_KEY"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "abc", "!!!.x.y", "eyJhbGciOiJub25lIn0.e30.", "e30.e30.sig", "a" * 9000],
+    ids=["empty", "no-dots", "not-base64", "alg-none", "no-alg", "huge"],
+)
+async def test_malformed_tokens_are_rejected_before_any_key_lookup(issuer, token):
+    from shared.errors import Unauthenticated
+
+    verifier = issuer.verifier()
+    with pytest.raises(Unauthenticated) as caught:
+        await verifier.verify(token)
+    assert caught.value.reason in {"MALFORMED_TOKEN", "BAD_ALGORITHM"}
+    assert issuer.jwks_fetches == 0

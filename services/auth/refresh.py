@@ -1,0 +1,184 @@
+"""Refresh-token families: opaque, single-use, stored hashed, with reuse detection.
+
+Each refresh hands back a new refresh token and uses up the old one. A used
+token presented again within a short grace window (two tabs refreshing at
+once) is honoured; after it, the reuse means the token leaked, so the whole
+family is revoked, its access tokens included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.auth.denylist import Denylist
+from services.auth.secrets_box import MasterKey
+from services.auth.store import AuthQueries, AuthStore, FamilyRow, RefreshTokenRow
+from services.auth.tokens import Grant, MintedToken, TokenMinter
+from shared.errors import Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+REFRESH_TOKEN_PREFIX = "esr_"
+_REFRESH_TOKEN = re.compile(r"^esr_[A-Za-z0-9_-]{43}$")
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    token_ttl_seconds: int
+    family_max_age_seconds: int
+    reuse_grace_seconds: float
+    access_token_ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    access: MintedToken
+    refresh_token: str
+    refresh_expires_ms: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: RefreshResult | None = None
+    error: Unauthenticated | None = None
+    revoked: tuple[tuple[str, int], ...] = ()
+
+
+class RefreshFamilies:
+    def __init__(
+        self,
+        store: AuthStore,
+        master_key: MasterKey,
+        minter: TokenMinter,
+        denylist: Denylist,
+        policy: RefreshPolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._master_key = master_key
+        self._minter = minter
+        self._denylist = denylist
+        self._policy = policy
+        self._clock = clock
+
+    async def start(self, grant: Grant) -> RefreshResult:
+        """Issue an access token and the first refresh token of a new family."""
+        now = self._now_ms()
+        family = FamilyRow(
+            family_id=secrets.token_urlsafe(12),
+            subject=grant.subject,
+            scopes=tuple(sorted(grant.scopes)),
+            roles=grant.roles,
+            audience=grant.audience,
+            claims=dict(grant.extra_claims),
+            created_ms=now,
+            expires_ms=now + self._policy.family_max_age_seconds * 1000,
+        )
+        async with self._store.transaction() as tx:
+            await tx.create_family(family)
+            return await self._issue_pair(tx, family, grant.ttl_seconds, now)
+
+    async def rotate(self, refresh_token: str) -> RefreshResult:
+        """Use up `refresh_token` and return its successor with a new access token."""
+        token_hash = self._hash(refresh_token)
+        async with self._store.transaction() as tx:
+            outcome = await self._rotate_in(tx, token_hash, self._now_ms())
+        # Raised only now: a detected reuse must commit its revocation first.
+        self._denylist.add(outcome.revoked)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.result is not None
+        return outcome.result
+
+    async def revoke(self, refresh_token: str) -> tuple[str, list[str]]:
+        """Revoke the family of `refresh_token`; its family id and revoked token ids."""
+        row = await self._store.get_refresh_token(self._hash(refresh_token))
+        if row is None:
+            raise Unauthenticated(
+                "the refresh token is not valid", reason="REFRESH_TOKEN_INVALID"
+            )
+        async with self._store.transaction() as tx:
+            revoked = await self._revoke_family(tx, row.family_id, self._now_ms())
+        self._denylist.add(revoked)
+        return row.family_id, [token_id for token_id, _ in revoked]
+
+    async def _rotate_in(self, tx: AuthQueries, token_hash: str, now: int) -> _Outcome:
+        row = await tx.get_refresh_token(token_hash)
+        family = None if row is None else await tx.get_family(row.family_id)
+        if row is None or family is None:
+            return _failure("the refresh token is not valid", "REFRESH_TOKEN_INVALID")
+        if family.revoked_ms is not None:
+            return _failure("the refresh token was revoked", "REFRESH_TOKEN_REVOKED")
+        if row.expires_ms <= now or family.expires_ms <= now:
+            return _failure("the refresh token has expired", "REFRESH_TOKEN_EXPIRED")
+
+        first_use = row.used_ms is None and await tx.use_refresh_token(token_hash, now)
+        if not first_use:
+            used_ms = row.used_ms if row.used_ms is not None else now
+            if now - used_ms > self._policy.reuse_grace_seconds * 1000:
+                revoked = await self._revoke_family(tx, family.family_id, now)
+                logger.warning(
+                    "refresh token reused after the grace window; family %s revoked",
+                    family.family_id,
+                )
+                return _Outcome(
+                    error=Unauthenticated(
+                        "the refresh token was already used; its family is revoked",
+                        reason="REFRESH_TOKEN_REUSED",
+                    ),
+                    revoked=tuple(revoked),
+                )
+        ttl = self._policy.access_token_ttl_seconds
+        return _Outcome(result=await self._issue_pair(tx, family, ttl, now))
+
+    async def _issue_pair(
+        self, tx: AuthQueries, family: FamilyRow, ttl_seconds: int, now: int
+    ) -> RefreshResult:
+        refresh_token = REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires_ms = min(now + self._policy.token_ttl_seconds * 1000, family.expires_ms)
+        await tx.add_refresh_token(
+            RefreshTokenRow(
+                token_hash=self._hash(refresh_token),
+                family_id=family.family_id,
+                created_ms=now,
+                expires_ms=expires_ms,
+            )
+        )
+        grant = Grant(
+            subject=family.subject,
+            scopes=frozenset(family.scopes),
+            roles=family.roles,
+            audience=family.audience,
+            ttl_seconds=ttl_seconds,
+            extra_claims=family.claims,
+            family_id=family.family_id,
+        )
+        access = await self._minter.issue(grant, tx)
+        return RefreshResult(access, refresh_token, expires_ms)
+
+    async def _revoke_family(
+        self, tx: AuthQueries, family_id: str, now: int
+    ) -> list[tuple[str, int]]:
+        await tx.revoke_family(family_id, now)
+        live = await tx.live_tokens_of_family(family_id, now)
+        await tx.revoke_tokens(live, now)
+        return live
+
+    def _hash(self, refresh_token: str) -> str:
+        if not _REFRESH_TOKEN.match(refresh_token):
+            raise Unauthenticated(
+                "the refresh token is not valid", reason="REFRESH_TOKEN_INVALID"
+            )
+        return self._master_key.hash_refresh_token(refresh_token)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _failure(message: str, reason: str) -> _Outcome:
+    return _Outcome(error=Unauthenticated(message, reason=reason))

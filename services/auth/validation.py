@@ -1,0 +1,105 @@
+"""Checks on request fields; each failure names the field (INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Collection
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from services.auth.tokens import RESERVED_CLAIMS
+from shared.errors import InvalidArgument
+
+MAX_SUBJECT_CHARS = 256
+MAX_DISPLAY_NAME_CHARS = 128
+MAX_CLAIMS_BYTES = 4096
+MAX_CREDENTIAL_CHARS = 512
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def require_text(value: str, field: str, max_chars: int) -> str:
+    if not value:
+        raise InvalidArgument(field, "required")
+    return check_text(value, field, max_chars)
+
+
+def check_text(value: str, field: str, max_chars: int) -> str:
+    if len(value) > max_chars:
+        raise InvalidArgument(field, f"at most {max_chars} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field, "only printable characters")
+    return value
+
+
+def require_credential(value: str, field: str) -> str:
+    """A token or key: present and bounded; never echoed in the error."""
+    if not value:
+        raise InvalidArgument(field, "required")
+    if len(value) > MAX_CREDENTIAL_CHARS:
+        raise InvalidArgument(field, f"at most {MAX_CREDENTIAL_CHARS} characters")
+    return value
+
+
+def check_audience(audience: str, allowed: Collection[str], default: str) -> str:
+    if not audience:
+        return default
+    if audience not in allowed:
+        raise InvalidArgument("audience", "not an audience this service issues for")
+    return audience
+
+
+def ttl_seconds(
+    ttl: duration_pb2.Duration,
+    present: bool,
+    default: int,
+    minimum: int,
+    maximum: int,
+    field: str = "ttl",
+) -> int:
+    if not present:
+        return default
+    if ttl.nanos or ttl.seconds < minimum or ttl.seconds > maximum:
+        raise InvalidArgument(field, f"whole seconds between {minimum}s and {maximum}s")
+    return int(ttl.seconds)
+
+
+def extra_claims(claims: struct_pb2.Struct, field: str = "claims") -> dict[str, Any]:
+    values: dict[str, Any] = json_format.MessageToDict(claims)
+    for name in sorted(values):
+        if name in RESERVED_CLAIMS:
+            raise InvalidArgument(
+                f"{field}.{name}", "a registered claim; set by the service"
+            )
+    if len(json.dumps(values)) > MAX_CLAIMS_BYTES:
+        raise InvalidArgument(field, f"at most {MAX_CLAIMS_BYTES} bytes as JSON")
+    return values
+
+
+def page_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(created_ms: int, item_id: str) -> str:
+    raw = f"{created_ms}:{item_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        created, _, item_id = raw.partition(":")
+        if not item_id:
+            raise ValueError("no id")
+        return int(created), item_id
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidArgument(
+            "page_token", "not a token from a previous page"
+        ) from None
