@@ -103,6 +103,17 @@ def fresh_redis_prefix(url: str) -> Iterator[str]:
             client.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server, so `-m "not postgres and not redis"`
+    runs the embedded-only part of the suite."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"postgres_url", "postgres_admin_url"}:
+            item.add_marker(pytest.mark.postgres)
+        if fixtures & {"redis_url", "redis_prefix"}:
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str:
     """The maintenance database tests create their own databases from."""

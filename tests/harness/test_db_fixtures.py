@@ -11,11 +11,13 @@ import redis
 from tests.harness.db_fixtures import (
     REQUIRE_SERVICES_ENV,
     TEST_DATABASE_PREFIX,
+    FaultProxyFactory,
     check_postgres,
     check_redis,
     fresh_postgres_database,
     fresh_redis_prefix,
 )
+from tests.harness.fault_proxy import host_port
 
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/postgres"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
@@ -71,6 +73,14 @@ def test_database_url_is_the_dialect_its_id_names(
     scheme = {"postgres": "postgresql://", "sqlite": "sqlite:///"}
 
     assert database_url.startswith(scheme[request.node.callspec.id])
+
+
+def test_server_tests_are_marked_for_deselection(
+    request: pytest.FixtureRequest, postgres_url: str, redis_prefix: str
+) -> None:
+    markers = {mark.name for mark in request.node.iter_markers()}
+
+    assert {"postgres", "redis"} <= markers
 
 
 def test_redis_prefix_is_unique_per_test(redis_url: str, redis_prefix: str) -> None:
@@ -129,10 +139,8 @@ def test_unreachable_server_fails_when_services_are_required(
 
 
 async def test_fault_proxy_fixture_starts_working_proxies(
-    fault_proxy, postgres_url: str
+    fault_proxy: FaultProxyFactory, postgres_url: str
 ) -> None:
-    from tests.harness.fault_proxy import host_port
-
     proxy = await fault_proxy(*host_port(postgres_url))
     async with await psycopg.AsyncConnection.connect(
         proxy.url_for(postgres_url)
