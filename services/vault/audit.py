@@ -1,0 +1,328 @@
+"""The audit log: a keyed hash chain of events, appended in group commits.
+
+Each event's hash is an HMAC, under a key derived from the master key, over its
+fields and the previous event's hash; so an edited, deleted or reordered event
+breaks the chain, and someone who can write the database but lacks the master
+key cannot forge a consistent one.
+
+Every call waits until its event is committed (fail-closed). Calls that arrive
+together share one transaction: writes run their statements in it, in arrival
+order, and all their events are inserted with one statement, so a burst costs
+one commit instead of one per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from services.vault.records import AuditRecord, ReadResult
+from services.vault.store import VaultStore
+from shared.db import Executor, UniqueViolation
+from shared.errors import EmpireError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+OUTCOME_SUCCESS, OUTCOME_DENIED, OUTCOME_FAILURE = 1, 2, 3
+_MAX_BATCH = 256
+_BATCH_ATTEMPTS = 3
+T = TypeVar("T")
+
+# A write's statements, run inside the shared transaction; returns the events
+# to append and the caller's result. It must raise any domain error before its
+# first write statement, so a refused write leaves nothing in the transaction.
+Mutation = Callable[[Executor], Awaitable[tuple[list["AuditEntry"], Any]]]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An event before it takes its place in the chain."""
+
+    actor: str
+    action: str
+    key_id: str = ""
+    version: int = 0
+    outcome: int = OUTCOME_SUCCESS
+    reason: str = ""
+    value_hmac: str = ""
+    time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    intact: bool
+    events_checked: int
+    first_bad_sequence: int = 0
+    problem: str = ""
+
+
+# Turns the row a batched read found (None: no such secret) into the events to
+# append and the caller's result; raises a domain error to refuse.
+ReadContinuation = Callable[[ReadResult | None], tuple[list["AuditEntry"], Any]]
+
+
+@dataclass(eq=False)
+class _Job:
+    future: asyncio.Future[Any]
+    entries: list[AuditEntry] = field(default_factory=list)
+    mutate: Mutation | None = None
+    read: tuple[str, int] | None = None
+    then: ReadContinuation | None = None
+
+
+def chain_hash(key: bytes, event: AuditRecord) -> str:
+    fields = [
+        event.sequence,
+        event.time_ms,
+        event.actor,
+        event.action,
+        event.key_id,
+        event.version,
+        event.outcome,
+        event.reason,
+        event.value_hmac,
+        event.previous_hash,
+    ]
+    message = json.dumps(fields, separators=(",", ":")).encode()
+    return hmac.digest(key, message, "sha256").hex()
+
+
+class AuditLog:
+    """Appends events to the chain; one per process, shared by every RPC."""
+
+    def __init__(self, store: VaultStore, key: bytes, max_pending: int) -> None:
+        self._store = store
+        self._key = key
+        self._max_pending = max_pending
+        self._lock = asyncio.Lock()
+        self._head: tuple[int, str] | None = None
+        self._head_loaded = False
+        self._queue: list[_Job] = []
+        self._writer: asyncio.Task[None] | None = None
+        # Events of reads served from memory while the database was down.
+        self._spooled: list[AuditEntry] = []
+
+    @property
+    def spooled(self) -> int:
+        return len(self._spooled)
+
+    async def record(self, *entries: AuditEntry) -> None:
+        """Appends `entries`; returns once committed, raises if they cannot be."""
+        await self._submit(_Job(self._future(), list(entries)))
+
+    async def read(self, key_id: str, version: int, then: ReadContinuation) -> Any:
+        """Reads a secret in the next batch (one query for every read in it),
+        then appends the events `then` returns before answering."""
+        job = _Job(self._future(), read=(key_id, version), then=then)
+        return await self._submit(job)
+
+    async def write(self, mutate: Mutation) -> Any:
+        """Runs `mutate` in a chained transaction; its events commit with it."""
+        return await self._submit(_Job(self._future(), mutate=mutate))
+
+    async def close(self) -> None:
+        """Waits for events already queued to be committed (or to fail)."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def spool(self, entry: AuditEntry) -> bool:
+        """Keeps the event of a degraded read in memory until the database is back.
+
+        False when the spool is full: the read must then be refused.
+        """
+        if len(self._spooled) >= self._max_pending:
+            return False
+        self._spooled.append(entry)
+        return True
+
+    async def flush_spool(self) -> None:
+        if not self._spooled:
+            return
+        entries, self._spooled = self._spooled, []
+        try:
+            await self.record(*entries)
+        except BaseException:
+            self._spooled = entries + self._spooled
+            raise
+        logger.info("recorded %s audit events held during the outage", len(entries))
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[Executor]:
+        """A transaction that may rewrite the whole chain (a restore)."""
+        async with self._lock:
+            try:
+                async with self._store.db.transaction() as tx:
+                    yield tx
+            finally:
+                self._head_loaded = False
+
+    async def verify(self) -> ChainCheck:
+        expected_sequence, previous = 1, GENESIS_HASH
+        checked = 0
+        while True:
+            events = await self._store.audit_events({}, expected_sequence - 1, 1000)
+            for event in events:
+                checked += 1
+                if event.sequence != expected_sequence:
+                    return ChainCheck(False, checked, expected_sequence, "SEQUENCE_GAP")
+                if event.previous_hash != previous:
+                    return ChainCheck(False, checked, event.sequence, "CHAIN_BROKEN")
+                if not hmac.compare_digest(chain_hash(self._key, event), event.hash):
+                    return ChainCheck(False, checked, event.sequence, "HASH_MISMATCH")
+                expected_sequence, previous = event.sequence + 1, event.hash
+            if len(events) < 1000:
+                break
+        head = await self._store.audit_head()
+        if (head or (0, GENESIS_HASH)) != (expected_sequence - 1, previous):
+            # Events after the last one found were deleted.
+            return ChainCheck(False, checked, expected_sequence, "SEQUENCE_GAP")
+        return ChainCheck(True, checked)
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> Any:
+        self._queue.append(job)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return await job.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            try:
+                outcomes = await self._commit_with_retries(batch)
+            except BaseException as error:  # noqa: BLE001 - handed to every caller
+                failure = _as_unavailable(error)
+                for job in batch:
+                    _settle(job.future, failure, None)
+                continue
+            for job, (refusal, result) in zip(batch, outcomes, strict=True):
+                _settle(job.future, refusal, result)
+
+    async def _commit_with_retries(
+        self, batch: list[_Job]
+    ) -> list[tuple[BaseException | None, Any]]:
+        for attempt in range(_BATCH_ATTEMPTS):
+            try:
+                return await self._commit(batch)
+            except UniqueViolation:
+                # Another replica appended to the chain or created a secret
+                # first: the retry reads the new head and the new rows.
+                if attempt == _BATCH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _commit(
+        self, batch: list[_Job]
+    ) -> list[tuple[BaseException | None, Any]]:
+        outcomes: list[tuple[BaseException | None, Any]] = []
+        async with self._lock:
+            if not self._head_loaded:
+                self._head = await self._store.audit_head()
+                self._head_loaded = True
+            try:
+                async with self._store.db.transaction() as tx:
+                    # The batch's reads see the state before its writes, so
+                    # their events come first in the chain.
+                    reads = [job.read for job in batch if job.read is not None]
+                    rows = await self._store.read_many(tx, reads) if reads else {}
+                    read_entries: list[AuditEntry] = []
+                    entries: list[AuditEntry] = []
+                    for job in batch:
+                        if job.read is not None:
+                            outcome = _finish_read(job, rows.get(job.read))
+                            read_entries.extend(outcome[2])
+                        else:
+                            outcome = await _run(job, tx)
+                            entries.extend(outcome[2])
+                        outcomes.append(outcome[:2])
+                    entries = read_entries + entries
+                    if entries:
+                        records = self._link(self._head, entries)
+                        await self._store.append_audit(tx, records)
+            except BaseException:
+                # The commit may or may not have happened: read the head anew.
+                self._head_loaded = False
+                raise
+            if entries:
+                self._head = (records[-1].sequence, records[-1].hash)
+        return outcomes
+
+    def _link(
+        self, head: tuple[int, str] | None, entries: list[AuditEntry]
+    ) -> list[AuditRecord]:
+        sequence, previous = head or (0, GENESIS_HASH)
+        records = []
+        for entry in entries:
+            sequence += 1
+            record = AuditRecord(
+                sequence=sequence,
+                time_ms=entry.time_ms,
+                actor=entry.actor,
+                action=entry.action,
+                key_id=entry.key_id,
+                version=entry.version,
+                outcome=entry.outcome,
+                reason=entry.reason,
+                value_hmac=entry.value_hmac,
+                previous_hash=previous,
+                hash="",
+            )
+            record = replace(record, hash=chain_hash(self._key, record))
+            records.append(record)
+            previous = record.hash
+        return records
+
+
+async def _run(
+    job: _Job, tx: Executor
+) -> tuple[BaseException | None, Any, list[AuditEntry]]:
+    if job.mutate is None:
+        return None, None, job.entries
+    try:
+        entries, result = await job.mutate(tx)
+    except Unavailable:
+        raise  # the transaction itself is lost: the whole batch fails
+    except EmpireError as error:
+        return error, None, []
+    return None, result, entries
+
+
+def _finish_read(
+    job: _Job, row: ReadResult | None
+) -> tuple[BaseException | None, Any, list[AuditEntry]]:
+    assert job.then is not None
+    try:
+        entries, result = job.then(row)
+    except EmpireError as error:
+        return error, None, []
+    return None, result, entries
+
+
+def _settle(
+    future: asyncio.Future[Any], error: BaseException | None, result: Any
+) -> None:
+    if future.done():
+        return  # the caller gave up (cancelled); its outcome stands in the log
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _as_unavailable(error: BaseException) -> BaseException:
+    if isinstance(error, Unavailable | UniqueViolation):
+        return error
+    logger.error("cannot record audit events", exc_info=error)
+    return Unavailable(
+        "the audit log cannot record the call", reason="AUDIT_UNAVAILABLE"
+    )

@@ -1,0 +1,201 @@
+"""Database outages: reads from memory, writes refused, recovery on its own.
+
+A fault proxy sits between the vault and PostgreSQL (a file-backed SQLite
+cannot be cut from outside, so these run on PostgreSQL only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from empire.vault.v1 import vault_service_pb2 as pb
+from tests.harness.db_fixtures import FaultProxyFactory
+from tests.harness.fault_proxy import FaultProxy, host_port
+from tests.harness.grpc_errors import error_info
+from tests.harness.tokens import LocalIssuer
+from tests.vault.conftest import RunningVault, running_vault, vault_settings
+
+pytestmark = pytest.mark.postgres
+
+
+class ProxiedVault:
+    def __init__(self, vault: RunningVault, proxy: FaultProxy) -> None:
+        self.vault = vault
+        self.client = vault.client
+        self.proxy = proxy
+
+
+@pytest.fixture
+async def proxied(
+    postgres_url: str,
+    fault_proxy: FaultProxyFactory,
+    master_key: bytes,
+    issuer: LocalIssuer,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[ProxiedVault]:
+    proxy = await fault_proxy(*host_port(postgres_url))
+    overrides = getattr(request, "param", {})
+    settings = vault_settings(
+        proxy.url_for(postgres_url),
+        master_key,
+        database_probe_seconds=0.1,
+        database_timeout_seconds=0.5,
+        **overrides,
+    )
+    async with running_vault(settings, issuer) as vault:
+        yield ProxiedVault(vault, proxy)
+        proxy.restore()
+
+
+async def wait_until_available(client: object) -> None:
+    for _ in range(200):
+        status = await client.status()  # type: ignore[attr-defined]
+        if status.database_state == pb.DATABASE_STATE_AVAILABLE:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the vault did not recover")
+
+
+async def test_reads_are_served_from_memory_during_an_outage(
+    proxied: ProxiedVault,
+) -> None:
+    client = proxied.client
+    await client.put("llm/openai", b"sk-1")
+    await client.get("llm/openai")
+
+    proxied.proxy.cut()
+    during = await client.get("llm/openai")
+    status = await client.status()
+
+    assert during.value == b"sk-1"
+    assert during.stale
+    assert status.database_state == pb.DATABASE_STATE_DEGRADED
+    assert status.HasField("degraded_since")
+
+
+async def test_writes_fail_unavailable_during_an_outage(proxied: ProxiedVault) -> None:
+    await proxied.client.put("k", b"v")
+    proxied.proxy.cut()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await proxied.client.put("k", b"v2")
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "DATABASE_UNAVAILABLE"
+
+
+async def test_secret_never_read_is_unavailable_during_an_outage(
+    proxied: ProxiedVault, postgres_url: str, issuer: LocalIssuer
+) -> None:
+    # Written by another replica, so this one never held a copy.
+    other = dataclasses.replace(proxied.vault.settings, database_url=postgres_url)
+    async with running_vault(other, issuer) as replica:
+        await replica.client.put("unread", b"v")
+    await proxied.client.put("read", b"v")
+    proxied.proxy.cut()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await proxied.client.get("unread")
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("proxied", [{"degraded_cache_ttl_seconds": 0}], indirect=True)
+async def test_copies_older_than_the_ttl_are_not_served(proxied: ProxiedVault) -> None:
+    await proxied.client.put("k", b"v")
+    await proxied.client.get("k")
+    await asyncio.sleep(0.01)
+    proxied.proxy.cut()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await proxied.client.get("k")
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_service_recovers_by_itself_and_records_outage_reads(
+    proxied: ProxiedVault,
+) -> None:
+    client = proxied.client
+    await client.put("k", b"v1")
+    await client.get("k")
+    proxied.proxy.cut()
+    await client.get("k")
+    await client.get("k")
+
+    proxied.proxy.restore()
+    await wait_until_available(client)
+    await client.put("k", b"v2")
+    after = await client.get("k")
+    events = await client.call(
+        "ListAuditEvents", pb.ListAuditEventsRequest(key_id="k", action="GetSecret")
+    )
+    chain = await client.call("VerifyAuditLog", pb.VerifyAuditLogRequest())
+
+    assert (after.value, after.stale) == (b"v2", False)
+    assert len(events.events) == 4
+    assert chain.intact
+
+
+async def test_cut_during_concurrent_writes_loses_no_acknowledged_write(
+    proxied: ProxiedVault,
+) -> None:
+    client = proxied.client
+    keys = [f"fault/k{number}" for number in range(8)]
+    for key in keys:
+        await client.put(key, b"initial")
+        await client.get(key)
+    acknowledged: dict[str, tuple[int, bytes]] = {}
+    refused: list[str] = []
+    stop = asyncio.Event()
+
+    async def writer(key: str) -> None:
+        sequence = 0
+        while not stop.is_set():
+            sequence += 1
+            value = f"{key}-{sequence}-{random.random()}".encode()
+            try:
+                response = await client.put(key, value)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                refused.append(key)
+                await asyncio.sleep(0.01)
+                continue
+            acknowledged[key] = (response.version, value)
+
+    writers = [asyncio.create_task(writer(key)) for key in keys]
+    await asyncio.sleep(0.3)
+    proxied.proxy.cut()
+    reads_during_cut = [await client.get(key) for key in keys]
+    await asyncio.sleep(0.3)
+    proxied.proxy.restore()
+    await wait_until_available(client)
+    after_recovery = dict(acknowledged)
+    for _ in range(200):
+        if any(acknowledged[key] != after_recovery.get(key) for key in keys):
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*writers)
+
+    assert refused, "the cut refused no write: it did not happen mid-stream"
+    assert any(acknowledged[key] != after_recovery.get(key) for key in keys)
+
+    assert all(read.stale for read in reads_during_cut)
+    for key in keys:
+        version, value = acknowledged[key]
+        latest = await client.get(key)
+        exact = await client.get(key, version=version)
+        assert exact.value == value
+        assert latest.version >= version
+        # Every version the secret claims exists and decrypts: none half-written.
+        listed = await client.call("ListSecrets", pb.ListSecretsRequest(prefix=key))
+        metadata = listed.secrets[0]
+        for number in range(metadata.oldest_version, metadata.current_version + 1):
+            assert (await client.get(key, version=number)).version == number
