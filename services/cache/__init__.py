@@ -1,0 +1,1 @@
+"""The cache service: route policies, two tiers, coherent invalidation, leases."""

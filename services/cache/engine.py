@@ -1,0 +1,734 @@
+"""The cache itself: lookups, stores and invalidations over the two tiers.
+
+The in-process tier (L1) answers first. The shared tier (L2, Redis) holds what
+every replica sees; each store and invalidation is published so that the other
+replicas drop their L1 copies. While the subscription is lost this replica
+cannot know what it missed: it keeps serving L1 entries for at most
+`disconnected_max_age_s` after the loss (or after their local store, if later),
+queues its own invalidations, and on reconnect clears L1 and replays the queue
+before it uses Redis again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from services.cache.coherence import (
+    KIND_KEY,
+    KIND_PREFIX,
+    KIND_TAG,
+    Acknowledged,
+    CoherenceLog,
+    ConfigChanged,
+    Invalidated,
+    Selector,
+    Stored,
+    StoredMany,
+    decode,
+    encode_ack,
+    encode_config_change,
+    entry_id,
+)
+from services.cache.l1 import L1Cache, L1Entry
+from services.cache.leases import LeaseToken, LocalLeases, parse_token, token_stem
+from services.cache.route_registry import RouteRegistry
+from services.cache.routes import Freshness, Policy, Route, adapt_ttl
+from services.cache.shared_tier import FILLED, REDIS_FAILURES, RedisTier, StoreCommand
+from services.cache.stats import (
+    L1_BYTES,
+    L1_ENTRIES,
+    L1_EVICTIONS,
+    SHARED_TIER_UP,
+    CacheStats,
+)
+from shared.errors import Aborted, InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+_PENDING_LIMIT = 10_000
+_LOG_CAPACITY = 65_536
+_FIRST_CONNECT_WAIT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LookupAnswer:
+    result: str  # "hit", "stale" or "miss"
+    value: bytes = b""
+    age_ms: int = 0
+    tags: tuple[str, ...] = ()
+    lease_token: str = ""
+    lease_timeout_ms: int = 0
+    waited: bool = False
+    tier: str = "none"  # "l1", "l2" or "none"
+    ttl_remaining_ms: int = 0
+
+
+MISS = LookupAnswer("miss")
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One store on its way to the tiers."""
+
+    route: Route
+    key: str
+    variant: str
+    ident: str
+    value: bytes
+    tags: tuple[str, ...]
+    now_ms: int
+    digest: str
+    # The coherence log position before the write: L1 takes the value only if
+    # nothing newer arrived since.
+    since: int
+
+
+class _AckWait:
+    """Counts acknowledgements of one invalidation from the other replicas."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self._received = 0
+        self._expected: int | None = None
+
+    def expect(self, count: int) -> None:
+        self._expected = count
+        self._check()
+
+    def received(self) -> None:
+        self._received += 1
+        self._check()
+
+    def _check(self) -> None:
+        if self._expected is not None and self._received >= self._expected:
+            self.done.set()
+
+
+def variant_of(route: Route, vary: Mapping[str, str]) -> str:
+    """A digest of the values of the route's vary-on names; "" when it has none."""
+    if not route.vary_on:
+        return ""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in route.vary_on:
+        digest.update(name.encode() + b"\0" + vary.get(name, "").encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CacheEngine:
+    def __init__(
+        self,
+        *,
+        replica_id: str,
+        routes: RouteRegistry,
+        l1_max_bytes: int,
+        lease_timeout_s: float,
+        disconnected_max_age_s: float,
+        tier: RedisTier | None = None,
+        ack_timeout_s: float = 1.0,
+        janitor_interval_s: float = 60.0,
+    ) -> None:
+        self.replica_id = replica_id
+        self.routes = routes
+        self.stats = CacheStats()
+        self._l1 = L1Cache(l1_max_bytes)
+        self._tier = tier
+        self._lease_timeout_ms = int(lease_timeout_s * 1000)
+        self._disconnected_max_age_s = disconnected_max_age_s
+        self._leases = LocalLeases(replica_id, lease_timeout_s)
+        self._log = CoherenceLog(_LOG_CAPACITY)
+        self._fills: dict[str, asyncio.Event] = {}
+        self._pending: deque[Selector] = deque()
+        self._pending_overflow = False
+        self._shared_up = False
+        self._lost_at: float | None = time.monotonic()
+        self._restart = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._max_version = 0
+        self._acks: dict[str, _AckWait] = {}
+        self._ack_timeout_s = ack_timeout_s
+        self._janitor_interval_s = janitor_interval_s
+
+    @property
+    def shared_tier_up(self) -> bool:
+        return self._shared_up
+
+    @property
+    def l1(self) -> L1Cache:
+        return self._l1
+
+    @property
+    def shared_tier(self) -> RedisTier | None:
+        return self._tier
+
+    async def start(self) -> None:
+        """Subscribes to the shared tier, waiting briefly for the first connection."""
+        if self._tier is None:
+            return
+        self._listener = asyncio.create_task(
+            self._tier.subscribe_forever(
+                self._on_message, self._on_connected, self._on_lost, self._restart
+            )
+        )
+        self._spawn(self._janitor())
+        try:
+            await asyncio.wait_for(self._connected.wait(), _FIRST_CONNECT_WAIT_S)
+        except TimeoutError:
+            logger.warning(
+                "cache starts without its shared tier; retrying in background"
+            )
+
+    async def close(self) -> None:
+        tasks = [self._listener, *self._background] if self._listener else []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
+                await task
+        if self._tier is not None:
+            await self._tier.close()
+
+    async def lookup(
+        self,
+        route: Route,
+        key: str,
+        vary: Mapping[str, str],
+        *,
+        request_lease: bool = False,
+        max_wait_ms: int = 0,
+        origin_failed: bool = False,
+    ) -> LookupAnswer:
+        started = time.perf_counter()
+        answer = MISS
+        if route.stores:
+            ident = entry_id(route.route_id, key, variant_of(route, vary))
+            answer = await self._find(route, key, ident, origin_failed)
+            if request_lease and answer.result == "miss":
+                answer = await self._lease_or_wait(
+                    route, key, ident, max_wait_ms, origin_failed
+                )
+            elif request_lease and answer.result == "stale" and not origin_failed:
+                # Stale-while-revalidate: one caller refills, the rest get stale.
+                token, timeout_ms = await self._grant(route, ident)
+                if token is not None:
+                    answer = replace(
+                        answer, lease_token=token, lease_timeout_ms=timeout_ms
+                    )
+        self.stats.record_lookup(
+            route.route_id, answer.result, answer.tier, time.perf_counter() - started
+        )
+        return answer
+
+    async def store(
+        self,
+        route: Route,
+        key: str,
+        vary: Mapping[str, str],
+        value: bytes,
+        tags: tuple[str, ...],
+        ttl_override: int | None,
+        lease_token: str,
+    ) -> tuple[bool, int]:
+        """(stored, TTL seconds). Raises Aborted when the lease was lost or voided."""
+        if not route.stores:
+            return False, 0
+        token = _parse_lease(lease_token)
+        variant = variant_of(route, vary)
+        write = _Write(
+            route=route,
+            key=key,
+            variant=variant,
+            ident=entry_id(route.route_id, key, variant),
+            value=value,
+            tags=tags,
+            now_ms=_now_ms(),
+            digest=hashlib.blake2b(value, digest_size=16).hexdigest(),
+            since=self._log.seq,
+        )
+        ttl = route.ttl_seconds if ttl_override is None else ttl_override
+        adapt = route.policy is Policy.DYNAMIC and ttl_override is None
+        try:
+            if not self._lease_allows(write, token):
+                return False, ttl
+            if self._shared_up and (token is None or token.shared):
+                stored = await self._store_shared(write, ttl, adapt, token)
+                if stored is not None:
+                    ttl, version = stored
+                    self._put_l1(write, ttl, version)
+                    return True, ttl
+                if token is not None and not self._verifiable_locally(write, token):
+                    return False, ttl
+            return True, self._store_local(write, ttl, adapt)
+        finally:
+            self._wake(write.ident)
+
+    async def invalidate(self, selector: Selector) -> int:
+        """Invalidates on every replica; the count is of shared entries reached.
+
+        Returns once every other subscribed replica acknowledged applying it
+        (or the ack timeout passed), so the next lookup anywhere sees it.
+        """
+        count: int | None = None
+        if self._shared_up and self._tier is not None:
+            ack_id = secrets.token_hex(8)
+            acks = self._acks[ack_id] = _AckWait()
+            try:
+                count, receivers = await self._tier.invalidate(
+                    selector, _now_ms(), ack_id
+                )
+                # This replica's own subscription is one of the receivers.
+                acks.expect(receivers - 1)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(acks.done.wait(), self._ack_timeout_s)
+            except REDIS_FAILURES:
+                self._shared_failed()
+            finally:
+                del self._acks[ack_id]
+        if count is None and self._tier is not None:
+            self._queue(selector)
+        local = self._apply(selector)
+        return local if count is None else count
+
+    async def publish_config_change(self, route_id: str) -> None:
+        if self._shared_up and self._tier is not None:
+            try:
+                await self._tier.publish(
+                    encode_config_change(self.replica_id, route_id)
+                )
+            except REDIS_FAILURES:
+                self._shared_failed()
+
+    def route_usage(self, route_id: str | None) -> tuple[int, int]:
+        """(entries, bytes) of this replica's L1, for one route or all."""
+        if route_id is None:
+            return len(self._l1), self._l1.bytes
+        ids = self._l1.entry_ids(route_id)
+        sizes = [entry.size for ident in ids if (entry := self._l1.peek(ident))]
+        return len(sizes), sum(sizes)
+
+    async def shared_entries(self, route_id: str) -> int:
+        """Entries the shared tier indexes for the route; 0 when it is unreachable."""
+        if not self._shared_up or self._tier is None:
+            return 0
+        try:
+            return await self._tier.count_entries(route_id)
+        except REDIS_FAILURES:
+            self._shared_failed()
+            return 0
+
+    def refresh_gauges(self) -> None:
+        L1_ENTRIES.set(len(self._l1))
+        L1_BYTES.set(self._l1.bytes)
+        L1_EVICTIONS.set(self._l1.evictions)
+        SHARED_TIER_UP.set(1 if self._shared_up else 0)
+
+    async def _find(
+        self, route: Route, key: str, ident: str, origin_failed: bool
+    ) -> LookupAnswer:
+        now_ms = _now_ms()
+        entry = self._l1_get(ident, now_ms)
+        if entry is not None:
+            return _answer(route, entry, "l1", now_ms, origin_failed)
+        if not self._shared_up or self._tier is None:
+            return MISS
+        since = self._log.seq
+        try:
+            record = await self._tier.fetch(ident)
+        except REDIS_FAILURES:
+            self._shared_failed()
+            return MISS
+        if record is None:
+            return MISS
+        self._max_version = max(self._max_version, record.version)
+        entry = L1Entry(
+            ident,
+            route.route_id,
+            key,
+            record.value,
+            record.tags,
+            record.stored_at_ms,
+            record.fresh_until_ms,
+            record.expires_at_ms,
+            time.monotonic(),
+            version=record.version,
+            ttl_seconds=record.ttl_seconds,
+            digest=record.digest,
+        )
+        self._insert(entry, since)
+        return _answer(route, entry, "l2", now_ms, origin_failed)
+
+    def _l1_get(self, ident: str, now_ms: int) -> L1Entry | None:
+        entry = self._l1.get(ident, now_ms)
+        if entry is None or self._lost_at is None or self._tier is None:
+            return entry
+        # NOTE: staleness bound while invalidations cannot reach this replica.
+        if (
+            time.monotonic() - max(self._lost_at, entry.loaded_at)
+            > self._disconnected_max_age_s
+        ):
+            self._l1.remove(ident)
+            return None
+        return entry
+
+    async def _lease_or_wait(
+        self, route: Route, key: str, ident: str, max_wait_ms: int, origin_failed: bool
+    ) -> LookupAnswer:
+        wait_s = (max_wait_ms or self._lease_timeout_ms) / 1000
+        deadline = time.monotonic() + wait_s
+        waited = False
+        while True:
+            token, remaining_ms = await self._grant(route, ident)
+            if token is not None:
+                return LookupAnswer(
+                    "miss",
+                    lease_token=token,
+                    lease_timeout_ms=remaining_ms,
+                    waited=waited,
+                )
+            if remaining_ms == FILLED:
+                # Filled between our look and the grant: read it, do not refill.
+                # Any L1 copy is older than that fill, so it goes.
+                self._l1.remove(ident)
+                answer = await self._find(route, key, ident, origin_failed)
+                if answer.result != "miss":
+                    return replace(answer, waited=waited)
+                if time.monotonic() >= deadline:
+                    return LookupAnswer("miss", waited=waited)
+                continue
+            if not waited:
+                self.stats.record_event(route.route_id, "lease_wait")
+                waited = True
+            fill = self._fills.get(ident)
+            if fill is None:
+                fill = self._fills[ident] = asyncio.Event()
+            # Checked after registering, so a fill landing in between is not missed.
+            answer = await self._find(route, key, ident, origin_failed)
+            if answer.result != "miss":
+                return replace(answer, waited=True)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return LookupAnswer("miss", waited=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    fill.wait(), min(left, remaining_ms / 1000 + 0.005)
+                )
+            answer = await self._find(route, key, ident, origin_failed)
+            if answer.result != "miss":
+                return replace(answer, waited=True)
+
+    async def _grant(self, route: Route, ident: str) -> tuple[str | None, int]:
+        if self._shared_up and self._tier is not None:
+            try:
+                token, ms = await self._tier.grant_lease(
+                    ident,
+                    token_stem(self.replica_id, self._log.seq),
+                    self._lease_timeout_ms,
+                )
+            except REDIS_FAILURES:
+                self._shared_failed()
+            else:
+                if token is not None:
+                    self.stats.record_event(route.route_id, "lease_granted")
+                return token, ms
+        token, ms = self._leases.acquire(ident, self._log.seq)
+        if token is not None:
+            self.stats.record_event(route.route_id, "lease_granted")
+        return token, ms
+
+    def _verifiable_locally(self, write: _Write, token: LeaseToken) -> bool:
+        """True when this replica can vouch for a shared lease without Redis:
+        it granted it and heard of no invalidation reaching the key since."""
+        return token.replica_id == self.replica_id and not self._log.voids(
+            token.local_seq, write.route.route_id, write.key, write.tags
+        )
+
+    def _check_local_lease(self, write: _Write, token: LeaseToken) -> None:
+        if not self._leases.release(write.ident, token.text):
+            raise _lease_lost()
+        if self._log.voids(
+            token.local_seq, write.route.route_id, write.key, write.tags
+        ):
+            self.stats.record_event(write.route.route_id, "voided_store")
+            raise _lease_voided()
+
+    def _lease_allows(self, write: _Write, token: LeaseToken | None) -> bool:
+        """Whether a store may go on; raises Aborted for a lost or voided lease."""
+        if token is None:
+            return True
+        if not token.shared:
+            self._check_local_lease(write, token)
+            # A lease granted while the shared tier was away: its fill may
+            # predate invalidations this replica never heard of.
+            return not self._shared_up
+        return self._shared_up or self._verifiable_locally(write, token)
+
+    async def _store_shared(
+        self, write: _Write, ttl: int, adapt: bool, token: LeaseToken | None
+    ) -> tuple[int, int] | None:
+        """(ttl, version) once stored in Redis; None when Redis failed."""
+        assert self._tier is not None
+        route = write.route
+        command = StoreCommand(
+            route.route_id,
+            write.key,
+            write.variant,
+            write.ident,
+            write.value,
+            write.tags,
+            write.now_ms,
+            ttl,
+            adapt,
+            route.min_ttl_seconds,
+            route.max_ttl_seconds,
+            write.digest,
+            max(route.stale_while_revalidate_seconds, route.stale_if_error_seconds),
+            route.policy is Policy.DYNAMIC,
+            token.text if token else "",
+        )
+        try:
+            outcome = await self._tier.store(command)
+        except REDIS_FAILURES:
+            self._shared_failed()
+            return None
+        if outcome.status == "LEASE_LOST":
+            raise _lease_lost()
+        if outcome.status == "LEASE_VOIDED":
+            self.stats.record_event(route.route_id, "voided_store")
+            raise _lease_voided()
+        self._max_version = max(self._max_version, outcome.version)
+        return outcome.ttl_seconds, outcome.version
+
+    def _store_local(self, write: _Write, ttl: int, adapt: bool) -> int:
+        """Stores in L1 alone (no shared tier, or it is away); returns the TTL."""
+        if adapt:
+            previous = self._l1.peek(write.ident)
+            if previous is not None:
+                changed = previous.digest != write.digest
+                ttl = adapt_ttl(previous.ttl_seconds, changed, write.route)
+        self._max_version += 1
+        self._put_l1(write, ttl, self._max_version)
+        return ttl
+
+    def _put_l1(self, write: _Write, ttl: int, version: int) -> None:
+        route = write.route
+        entry = L1Entry(
+            write.ident,
+            route.route_id,
+            write.key,
+            write.value,
+            write.tags,
+            write.now_ms,
+            write.now_ms + ttl * 1000,
+            write.now_ms + route.retention_ms(ttl),
+            time.monotonic(),
+            version=version,
+            ttl_seconds=ttl,
+            digest=write.digest,
+        )
+        self._insert(entry, write.since)
+        self.stats.record_event(route.route_id, "store")
+
+    def _insert(self, entry: L1Entry, since: int) -> None:
+        """Puts `entry` in L1 unless something newer arrived since it was read."""
+        current = self._l1.peek(entry.entry_id)
+        if current is not None and current.version > entry.version:
+            return
+        if not self._log.may_insert(
+            since, entry.entry_id, entry.route_id, entry.key, entry.tags, entry.version
+        ):
+            return
+        self._l1.put(entry)
+
+    def _apply(self, selector: Selector) -> int:
+        if selector.kind == KIND_TAG:
+            ids = self._l1.tagged(selector.arg)
+        elif selector.kind == KIND_KEY:
+            ids = self._l1.entry_ids(selector.route_id, key=selector.arg)
+        elif selector.kind == KIND_PREFIX:
+            ids = self._l1.entry_ids(selector.route_id, key_prefix=selector.arg)
+        else:
+            ids = self._l1.entry_ids(selector.route_id)
+        now_ms = _now_ms()
+        for ident in ids:
+            if selector.soft:
+                entry = self._l1.peek(ident)
+                if entry is not None:
+                    entry.fresh_until_ms = min(entry.fresh_until_ms, now_ms)
+            else:
+                self._l1.remove(ident)
+        self._log.append(selector)
+        return len(ids)
+
+    def _queue(self, selector: Selector) -> None:
+        if len(self._pending) >= _PENDING_LIMIT:
+            self._pending_overflow = True
+            self._pending.popleft()
+        self._pending.append(selector)
+
+    def _wake(self, ident: str) -> None:
+        fill = self._fills.pop(ident, None)
+        if fill is not None:
+            fill.set()
+
+    def _on_message(self, raw: str) -> None:
+        decoded = decode(raw)
+        if decoded is None:
+            return
+        origin, event = decoded
+        if origin == self.replica_id:
+            return
+        if isinstance(event, Invalidated):
+            self._apply(event.selector)
+            if event.ack_id != "-":
+                self._spawn(self._acknowledge(event.ack_id))
+        elif isinstance(event, Acknowledged):
+            waiting = self._acks.get(event.ack_id)
+            if waiting is not None:
+                waiting.received()
+        elif isinstance(event, Stored):
+            self._on_stored(event)
+        elif isinstance(event, StoredMany):
+            for stored in event.each():
+                self._on_stored(stored)
+        elif isinstance(event, ConfigChanged):
+            self._spawn(self._reload_route(event.route_id))
+
+    async def _on_connected(self) -> None:
+        assert self._tier is not None
+        self._l1.clear()
+        while self._pending:
+            await self._tier.invalidate(self._pending[0], _now_ms())
+            self._pending.popleft()
+        if self._pending_overflow:
+            logger.warning(
+                "more than %s invalidations queued during a Redis outage; the oldest"
+                " were dropped and only the L1 flush covers them",
+                _PENDING_LIMIT,
+            )
+            self._pending_overflow = False
+        self._shared_up = True
+        self._lost_at = None
+        self._connected.set()
+        SHARED_TIER_UP.set(1)
+        self._spawn(self._reload_routes())
+        logger.info("cache shared tier connected; L1 cleared")
+
+    def _on_lost(self) -> None:
+        if self._shared_up:
+            logger.warning("cache shared tier lost; serving L1 with bounded staleness")
+        self._shared_up = False
+        self._connected.clear()
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        SHARED_TIER_UP.set(0)
+
+    def _shared_failed(self) -> None:
+        if self._shared_up:
+            logger.warning("a Redis call failed or timed out; reconnecting")
+        self._on_lost()
+        self._restart.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_stored(self, event: Stored) -> None:
+        self._log.append(event)
+        current = self._l1.peek(event.entry_id)
+        if current is not None and current.version < event.version:
+            self._l1.remove(event.entry_id)
+        self._wake(event.entry_id)
+
+    async def prune_indexes(self) -> int:
+        """Drops expired entries from the shared indexes (when this replica's turn)."""
+        if not self._shared_up or self._tier is None:
+            return 0
+        try:
+            return await self._tier.prune_indexes(
+                self.routes.route_ids(), int(self._janitor_interval_s * 1000)
+            )
+        except REDIS_FAILURES:
+            self._shared_failed()
+            return 0
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self._janitor_interval_s)
+            dropped = await self.prune_indexes()
+            if dropped:
+                logger.info("pruned %s expired entries from the indexes", dropped)
+
+    async def _acknowledge(self, ack_id: str) -> None:
+        if self._tier is None:
+            return
+        try:
+            await self._tier.publish(encode_ack(self.replica_id, ack_id))
+        except REDIS_FAILURES:
+            self._shared_failed()
+
+    async def _reload_route(self, route_id: str) -> None:
+        try:
+            await self.routes.refresh(route_id)
+        except Exception:
+            logger.warning("cannot reload route %s after a change elsewhere", route_id)
+
+    async def _reload_routes(self) -> None:
+        try:
+            await self.routes.load()
+        except Exception:
+            logger.warning("cannot reload route configs after reconnecting")
+
+
+def _parse_lease(text: str) -> LeaseToken | None:
+    if not text:
+        return None
+    token = parse_token(text)
+    if token is None:
+        raise InvalidArgument(
+            "lease_token", "is not a token this service issued", reason="INVALID_LEASE"
+        )
+    return token
+
+
+def _lease_lost() -> Aborted:
+    return Aborted(
+        "the fill lease expired or passed to another caller", reason="LEASE_LOST"
+    )
+
+
+def _lease_voided() -> Aborted:
+    return Aborted(
+        "an invalidation voided the fill lease; the value was not stored",
+        reason="LEASE_VOIDED",
+    )
+
+
+def _answer(
+    route: Route, entry: L1Entry, tier: str, now_ms: int, origin_failed: bool
+) -> LookupAnswer:
+    freshness = route.freshness(entry.fresh_until_ms, now_ms, origin_failed)
+    if freshness is Freshness.EXPIRED:
+        return MISS
+    return LookupAnswer(
+        "hit" if freshness is Freshness.FRESH else "stale",
+        value=entry.value,
+        age_ms=max(0, now_ms - entry.stored_at_ms),
+        tags=entry.tags,
+        tier=tier,
+        ttl_remaining_ms=entry.fresh_until_ms - now_ms,
+    )

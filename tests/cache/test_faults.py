@@ -1,0 +1,139 @@
+"""Redis cut or stalled between a replica and its shared tier (fault proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from empire.cache.v1 import cache_service_pb2 as pb
+from shared.clients import ServiceClient
+from tests.cache.conftest import cache_settings, put_route, running_cache
+
+pytestmark = pytest.mark.redis
+
+HIT = pb.LOOKUP_RESULT_HIT
+MISS = pb.LOOKUP_RESULT_MISS
+
+
+def lookup(key: str) -> pb.LookupRequest:
+    return pb.LookupRequest(route_id="api_offers", key=key)
+
+
+def store(key: str, value: bytes) -> pb.StoreRequest:
+    return pb.StoreRequest(route_id="api_offers", key=key, value=value)
+
+
+async def wait_for_shared_tier(client: ServiceClient, connected: bool) -> None:
+    for _ in range(200):
+        stats = await client.GetStats(pb.GetStatsRequest())
+        if stats.shared_tier_connected == connected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"shared tier never became connected={connected}")
+
+
+async def proxied(fault_proxy, redis_url: str):
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    return await fault_proxy(host, int(port))
+
+
+async def test_redis_cut_serves_l1_and_recovers_without_serving_invalidated_entries(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    cut_settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=proxy.url_for(redis_url),
+        redis_prefix=redis_prefix,
+        replica_id="behind-proxy",
+        l1_disconnected_max_age_seconds=60.0,
+    )
+    direct_settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        replica_id="direct",
+    )
+    async with (
+        running_cache(cut_settings, issuer) as a,
+        running_cache(direct_settings, issuer) as b,
+    ):
+        await put_route(b)
+        for key in ("k1", "k2", "k3"):
+            await b.Store(store(key, b"before"))
+            await a.Lookup(lookup(key))  # a holds them in L1
+
+        proxy.cut()
+        during = [await a.Lookup(lookup(key)) for key in ("k1", "k2")]
+        stored_during = await a.Store(store("k4", b"during"))
+        k4_during = await a.Lookup(lookup("k4"))
+        await b.Invalidate(pb.InvalidateRequest(route_id="api_offers", key="k1"))
+        await a.Invalidate(pb.InvalidateRequest(route_id="api_offers", key="k2"))
+        k2_on_a = await a.Lookup(lookup("k2"))
+
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+        after = {
+            key: (await a.Lookup(lookup(key))).result for key in ("k1", "k2", "k3")
+        }
+        k2_on_b = await b.Lookup(lookup("k2"))
+
+    assert [answer.result for answer in during] == [HIT, HIT]
+    assert stored_during.stored and k4_during.result == HIT
+    assert k2_on_a.result == MISS
+    # k1 was purged elsewhere and k2 here during the cut: neither comes back.
+    assert after == {"k1": MISS, "k2": MISS, "k3": HIT}
+    assert k2_on_b.result == MISS
+
+
+async def test_l1_staleness_is_bounded_while_the_subscription_is_lost(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=proxy.url_for(redis_url),
+        redis_prefix=redis_prefix,
+        l1_disconnected_max_age_seconds=0.3,
+    )
+    async with running_cache(settings, issuer) as a:
+        await put_route(a)
+        await a.Store(store("k1", b"v"))
+        proxy.cut()
+        await wait_for_shared_tier(a, False)
+        await asyncio.sleep(0.4)
+        late = await a.Lookup(lookup("k1"))
+        proxy.restore()
+
+    assert late.result == MISS
+
+
+async def test_stalled_redis_costs_callers_no_errors(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url, redis_url=proxy.url_for(redis_url), redis_prefix=redis_prefix
+    )
+    async with running_cache(settings, issuer) as a:
+        await put_route(a)
+        await a.Store(store("k1", b"v"))
+        proxy.stall()
+        answers = await asyncio.gather(
+            a.Lookup(lookup("k1")),
+            a.Lookup(lookup("missing")),
+            a.Store(store("k2", b"v2")),
+        )
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+        recovered = await a.Lookup(lookup("k2"))
+        await a.Store(store("k2", b"v3"))
+        shared = await a.Lookup(lookup("k2"))
+
+    assert answers[0].result == HIT
+    assert answers[1].result == MISS
+    assert answers[2].stored
+    # L1 was dropped on reconnect; the stalled store may have landed later.
+    assert recovered.tier != pb.CACHE_TIER_L1
+    assert shared.value == b"v3"
