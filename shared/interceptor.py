@@ -43,6 +43,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._service = service
         self._rules = rules
         self._verifier = verifier
+        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     async def intercept_service(
         self,
@@ -107,9 +109,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, code: grpc.StatusCode, started: float, subject: str
     ) -> None:
         elapsed = time.perf_counter() - started
-        method_name = method.rpartition("/")[2]
-        metrics.RPC_TOTAL.labels(self._service, method_name, code.name).inc()
-        metrics.RPC_SECONDS.labels(self._service, method_name).observe(elapsed)
+        counter = self._counters.get((method, code))
+        if counter is None:
+            # Looking a labelled child up costs more than using it: keep them.
+            name = method.rpartition("/")[2]
+            counter = metrics.RPC_TOTAL.labels(self._service, name, code.name)
+            self._counters[(method, code)] = counter
+            self._timers[method] = metrics.RPC_SECONDS.labels(self._service, name)
+        counter.inc()
+        self._timers[method].observe(elapsed)
         access_logger.info(
             "%s %s %.2fms",
             method,
