@@ -1,0 +1,1 @@
+"""Peers benchmarked beside our services, installed into their own environment."""

@@ -1,0 +1,1 @@
+"""Deployment tooling: the Envoy config renderer and `make validate`."""

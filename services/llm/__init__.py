@@ -1,0 +1,1 @@
+"""The llm service: provider routing with classified failover."""

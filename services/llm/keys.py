@@ -1,0 +1,93 @@
+"""Where provider API keys come from: the environment, or the vault service.
+
+A key named `llm/openai` is read from `EMPIRE_LLM_PROVIDER_KEY_LLM_OPENAI` when
+that variable is set (local development), else from the vault with the
+service's own token, and kept in memory for a while. A key the provider
+rejects is dropped from memory, so a rotated key is picked up on the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from services.llm.models import ErrorClass, ProviderFailure
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "EMPIRE_LLM_PROVIDER_KEY_"
+
+
+def env_name(key_id: str) -> str:
+    """The variable that may hold `key_id`: `llm/openai` -> `..._LLM_OPENAI`."""
+    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", key_id).upper()
+
+
+class ApiKeySource:
+    """Reads and caches API keys; `vault` is a `ServiceClient` over VaultService."""
+
+    def __init__(
+        self,
+        *,
+        environ: Mapping[str, str] | None = None,
+        vault: Any = None,
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._vault = vault
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cached: dict[str, tuple[str, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, key_id: str) -> str | None:
+        """The key, or None for a provider that takes none."""
+        if not key_id:
+            return None
+        from_env = self._environ.get(env_name(key_id))
+        if from_env:
+            return from_env
+        cached = self._cached.get(key_id)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        lock = self._locks.setdefault(key_id, asyncio.Lock())
+        async with lock:
+            cached = self._cached.get(key_id)
+            if cached is not None and cached[1] > self._clock():
+                return cached[0]
+            value = await self._read_vault(key_id)
+            self._cached[key_id] = (value, self._clock() + self._cache_seconds)
+            return value
+
+    def invalidate(self, key_id: str) -> None:
+        self._cached.pop(key_id, None)
+
+    async def _read_vault(self, key_id: str) -> str:
+        if self._vault is None:
+            raise ProviderFailure(
+                ErrorClass.CREDENTIALS_UNAVAILABLE,
+                f"no vault is configured and {env_name(key_id)} is not set",
+            )
+        from empire.vault.v1 import vault_service_pb2
+
+        try:
+            response = await self._vault.GetSecret(
+                vault_service_pb2.GetSecretRequest(key_id=key_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            logger.warning(
+                "API key %s not read from the vault: %s", key_id, error.code().name
+            )
+            raise ProviderFailure(
+                ErrorClass.CREDENTIALS_UNAVAILABLE,
+                f"the vault did not give the API key ({error.code().name})",
+            ) from None
+        return bytes(response.value).decode("utf-8").strip()

@@ -1,0 +1,290 @@
+"""Adapters that speak to providers through the official SDKs.
+
+Each adapter translates the contract's one message format to its provider's
+(system prompts, roles, stop sequences, max tokens, temperature), calls the
+SDK with its own retries off, and turns answers into `Completion`s or streams
+of `TextDelta` ending in one `StreamEnd`. A stream that ends without its
+provider's finish signal raises a MALFORMED_RESPONSE failure: a truncated
+answer never passes for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+
+from services.llm.models import (
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    ErrorClass,
+    FinishReason,
+    ProviderConfig,
+    ProviderFailure,
+    StreamEnd,
+    TextDelta,
+)
+
+StreamEvent = TextDelta | StreamEnd
+
+# After the finish signal, how long to wait for trailing usage and the end
+# sentinel before calling the answer complete anyway.
+END_GRACE_SECONDS = 1.0
+NO_KEY = "none"  # local endpoints take no key, but the SDKs insist on one
+
+_OPENAI_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "stop",
+    "function_call": "stop",
+}
+_ANTHROPIC_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+    "tool_use": "stop",
+}
+
+
+class ProviderClient:
+    """Base of the adapters: one SDK client bound to one provider and key."""
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        self.provider = provider
+        # Within the idle timeout, so the router never calls a finished stream stalled.
+        self._end_grace = min(
+            END_GRACE_SECONDS, provider.stream_idle_timeout_seconds / 2
+        )
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        raise NotImplementedError
+
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamEvent, None]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+def create_client(provider: ProviderConfig, api_key: str | None) -> ProviderClient:
+    """The adapter for the provider's wire format."""
+    if provider.kind == "anthropic":
+        return AnthropicClient(provider, api_key)
+    return OpenAIClient(provider, api_key)
+
+
+def _http_timeout(provider: ProviderConfig) -> httpx2.Timeout:
+    # A backstop only: the router enforces the attempt's real deadlines.
+    longest = max(
+        provider.request_timeout_seconds,
+        provider.first_token_timeout_seconds,
+        provider.stream_idle_timeout_seconds,
+    )
+    return httpx2.Timeout(longest + 1.0, connect=min(10.0, longest + 1.0))
+
+
+class OpenAIClient(ProviderClient):
+    """OpenAI chat completions, and every server that speaks them."""
+
+    def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
+        super().__init__(provider)
+        self._sdk = openai.AsyncOpenAI(
+            api_key=api_key or NO_KEY,
+            base_url=provider.endpoint,
+            max_retries=0,
+            timeout=_http_timeout(provider),
+        )
+
+    def _arguments(self, request: CompletionRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": self.provider.model,
+            "messages": [
+                {"role": m.role, "content": m.content} for m in request.messages
+            ],
+        }
+        # OpenAI's own API wants the newer name; compatible servers know the old.
+        if self.provider.kind == "openai":
+            arguments["max_completion_tokens"] = request.max_tokens
+        else:
+            arguments["max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            arguments["temperature"] = request.temperature
+        if request.stop:
+            arguments["stop"] = list(request.stop)
+        return arguments
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        response = await self._sdk.chat.completions.create(**self._arguments(request))
+        if not response.choices:
+            raise ProviderFailure(
+                ErrorClass.MALFORMED_RESPONSE, "the provider sent no choices"
+            )
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=_OPENAI_FINISH.get(choice.finish_reason or "", "unspecified"),
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[StreamEvent, None]:
+        stream = await self._sdk.chat.completions.create(
+            **self._arguments(request),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        finish: FinishReason | None = None
+        usage: Any = None
+        chunks = 0
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    if finish is None:
+                        chunk = await iterator.__anext__()
+                    else:
+                        chunk = await asyncio.wait_for(
+                            iterator.__anext__(), self._end_grace
+                        )
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                if choice.delta is not None and choice.delta.content:
+                    chunks += 1
+                    yield TextDelta(choice.delta.content)
+                if choice.finish_reason is not None:
+                    finish = _OPENAI_FINISH.get(choice.finish_reason, "unspecified")
+        finally:
+            await stream.close()
+
+        if finish is None:
+            raise ProviderFailure(
+                ErrorClass.MALFORMED_RESPONSE,
+                "the stream ended before the answer finished",
+            )
+        yield StreamEnd(
+            finish,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else chunks,
+        )
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+class AnthropicClient(ProviderClient):
+    """Anthropic messages."""
+
+    def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
+        super().__init__(provider)
+        self._sdk = anthropic.AsyncAnthropic(
+            api_key=api_key or NO_KEY,
+            base_url=provider.endpoint,
+            max_retries=0,
+            timeout=_http_timeout(provider),
+        )
+
+    def _arguments(self, request: CompletionRequest) -> dict[str, Any]:
+        system = [m.content for m in request.messages if m.role == "system"]
+        arguments: dict[str, Any] = {
+            "model": self.provider.model,
+            "max_tokens": request.max_tokens,
+            "messages": _alternating_turns(request.messages),
+        }
+        if system:
+            arguments["system"] = "\n\n".join(system)
+        if request.temperature is not None:
+            # Anthropic's scale ends at 1; the contract's (OpenAI's) at 2.
+            arguments["temperature"] = min(request.temperature, 1.0)
+        if request.stop:
+            arguments["stop_sequences"] = list(request.stop)
+        return arguments
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        message = await self._sdk.messages.create(**self._arguments(request))
+        text = "".join(
+            block.text
+            for block in message.content
+            if getattr(block, "type", "") == "text"
+        )
+        return Completion(
+            text=text,
+            finish_reason=_ANTHROPIC_FINISH.get(
+                message.stop_reason or "", "unspecified"
+            ),
+            input_tokens=message.usage.input_tokens,
+            output_tokens=message.usage.output_tokens,
+        )
+
+    async def stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[StreamEvent, None]:
+        stream = await self._sdk.messages.create(
+            **self._arguments(request), stream=True
+        )
+        finish: FinishReason | None = None
+        input_tokens = output_tokens = 0
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    if finish is None:
+                        event = await iterator.__anext__()
+                    else:
+                        event = await asyncio.wait_for(
+                            iterator.__anext__(), self._end_grace
+                        )
+                except (StopAsyncIteration, TimeoutError):
+                    break
+                if event.type == "message_start":
+                    input_tokens = event.message.usage.input_tokens
+                elif event.type == "content_block_delta":
+                    text = getattr(event.delta, "text", None)
+                    if text:
+                        yield TextDelta(text)
+                elif event.type == "message_delta":
+                    output_tokens = event.usage.output_tokens
+                    reason = event.delta.stop_reason or ""
+                    finish = _ANTHROPIC_FINISH.get(reason, "unspecified")
+                elif event.type == "message_stop":
+                    break
+        finally:
+            await stream.close()
+
+        if finish is None:
+            raise ProviderFailure(
+                ErrorClass.MALFORMED_RESPONSE,
+                "the stream ended before the answer finished",
+            )
+        yield StreamEnd(finish, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+
+
+def _alternating_turns(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
+    """User and assistant turns, consecutive turns of one role merged."""
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if turns and turns[-1]["role"] == message.role:
+            turns[-1]["content"] += "\n\n" + message.content
+        else:
+            turns.append({"role": message.role, "content": message.content})
+    return turns

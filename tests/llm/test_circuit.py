@@ -1,0 +1,225 @@
+"""Circuit breakers: open on failures, serve from the fallback, probe, close again."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import grpc
+import pytest
+
+from empire.llm.v1 import llm_service_pb2 as pb
+from services.llm.circuit import CircuitBreaker, CircuitState
+from tests.harness import fake_providers as faults
+from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
+from tests.harness.grpc_errors import error_info
+from tests.harness.tokens import LocalIssuer
+from tests.llm.harness import FAST_POLICY, RunningLlm, eventually, start_llm
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def state_of(llm: RunningLlm, provider_id: str) -> pb.ProviderHealth:
+    response = await llm.client.call(
+        "GetProviderHealth", pb.GetProviderHealthRequest(provider_id=provider_id)
+    )
+    return response.providers[0]
+
+
+async def test_primary_down_then_recovered_opens_serves_fallback_probes_and_returns(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.server_error(503), times=None)
+
+    # Three failures in a row open the primary's circuit (2 + 1 attempts).
+    first = await llm.client.complete()
+    second = await llm.client.complete()
+    assert first.provider_id == second.provider_id == "fallback"
+    assert openai_primary.completions == 3
+    health = await state_of(llm, "primary")
+    assert health.state == pb.CIRCUIT_STATE_OPEN
+    assert health.consecutive_failures == 3
+    assert health.last_error_class == pb.ERROR_CLASS_SERVER_ERROR
+    assert health.HasField("next_probe_time")
+
+    # While open, the primary is not even tried.
+    third = await llm.client.complete()
+    assert third.provider_id == "fallback" and not third.failed_attempts
+    assert openai_primary.completions == 3
+
+    # The primary recovers; after the cool-down one request probes it.
+    openai_primary.clear()
+    await asyncio.sleep(FAST_POLICY.breaker_cooldown_seconds + 0.1)
+    probe = await llm.client.complete()
+    after = await llm.client.complete()
+
+    assert probe.provider_id == after.provider_id == "primary"
+    assert probe.content == DEFAULT_REPLY
+    assert (openai_primary.completions, openai_fallback.completions) == (5, 3)
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_CLOSED
+
+
+async def test_active_health_check_probes_and_closes_a_recovered_circuit(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.auth_error(), times=1)
+    await llm.client.complete()
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+
+    await asyncio.sleep(FAST_POLICY.breaker_cooldown_seconds + 0.1)
+    await llm.runtime.checker.check_all()
+
+    health = await state_of(llm, "primary")
+    assert health.state == pb.CIRCUIT_STATE_CLOSED
+    assert health.last_check_ok
+    probe_body = openai_primary.requests[-1].body
+    assert probe_body["max_completion_tokens"] == 1
+    response = await llm.client.complete()
+    assert response.provider_id == "primary" and not response.failed_attempts
+
+
+async def test_scheduled_checks_close_a_recovered_circuit(
+    issuer: LocalIssuer,
+    sqlite_url: str,
+    openai_primary: FakeProvider,
+    openai_fallback: FakeProvider,
+) -> None:
+    async for llm in start_llm(issuer, sqlite_url, health_check_interval_seconds=0.3):
+        await llm.client.put("primary", openai_primary, priority=0)
+        await llm.client.put("fallback", openai_fallback, priority=1)
+        openai_primary.inject(faults.auth_error(), times=1)
+        await llm.client.complete()
+        assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+
+        record = llm.runtime.health.get("primary")
+        closed = await eventually(
+            lambda record=record: record.state is CircuitState.CLOSED
+        )
+
+    assert closed
+    assert openai_primary.requests[-1].body["max_completion_tokens"] == 1
+
+
+async def test_scheduled_checks_spare_providers_that_just_served_a_caller(
+    issuer: LocalIssuer,
+    sqlite_url: str,
+    openai_primary: FakeProvider,
+    openai_fallback: FakeProvider,
+) -> None:
+    async for llm in start_llm(issuer, sqlite_url, health_check_interval_seconds=600):
+        await llm.client.put("busy", openai_primary, priority=0)
+        await llm.client.put("idle", openai_fallback, priority=1)
+        await llm.client.complete()
+
+        await llm.runtime.checker.check_all(skip_recently_served=True)
+        health = await llm.client.call(
+            "GetProviderHealth", pb.GetProviderHealthRequest()
+        )
+
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+    checked = {p.provider_id: p.HasField("last_check_time") for p in health.providers}
+    assert checked == {"busy": False, "idle": True}
+
+
+async def test_lone_provider_circuit_opens_and_fails_fast_within_a_short_deadline(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.server_error(500), times=None)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await llm.client.complete()
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+    seen = openai_primary.completions
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete(timeout=0.2)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "CIRCUIT_OPEN"
+    assert openai_primary.completions == seen
+
+
+async def test_lone_provider_request_waits_for_the_probe_when_its_deadline_allows(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.server_error(500), times=None)
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await llm.client.complete()
+    seen = openai_primary.completions
+    openai_primary.clear()
+
+    response = await llm.client.complete(timeout=5.0)
+
+    assert response.content == DEFAULT_REPLY
+    assert not response.failed_attempts
+    assert openai_primary.completions == seen + 1
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_CLOSED
+
+
+def test_breaker_opens_on_failure_rate_without_a_run_of_failures() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("p", FAST_POLICY, clock)
+    for _ in range(5):
+        breaker.record_success()
+        breaker.record_failure()
+        clock.now += 0.1
+    assert breaker.consecutive_failures == 1
+    assert breaker.state is CircuitState.OPEN
+
+
+def test_breaker_rate_forgets_failures_outside_its_window() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("p", FAST_POLICY, clock)
+    for _ in range(4):
+        breaker.record_success()
+        breaker.record_failure()
+    clock.now += FAST_POLICY.breaker_window_seconds + 1
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.recent() == (2, 1)
+
+
+def test_half_open_lets_one_probe_and_a_failed_probe_doubles_the_cooldown() -> None:
+    clock = Clock()
+    policy = dataclasses.replace(FAST_POLICY, breaker_cooldown_seconds=1.0)
+    breaker = CircuitBreaker("p", policy, clock)
+    breaker.record_failure(trip=True)
+    assert not breaker.try_acquire()
+
+    clock.now += 1.0
+    assert breaker.try_acquire()  # the probe
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert not breaker.try_acquire()  # only one at a time
+    breaker.record_failure()
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.open_until == pytest.approx(clock.now + 2.0)
+
+    clock.now += 2.0
+    assert breaker.try_acquire()
+    breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.try_acquire() and breaker.try_acquire()
+
+
+def test_cancelled_probe_frees_the_slot_for_the_next_one() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("p", FAST_POLICY, clock)
+    breaker.record_failure(trip=True)
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+    assert breaker.try_acquire()
+    breaker.release()
+    assert breaker.try_acquire()

@@ -1,0 +1,190 @@
+"""API keys from the environment and the real vault; the real cache service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import grpc
+import pytest
+
+from empire.llm.v1 import llm_service_pb2 as pb
+from empire.vault.v1 import vault_service_pb2 as vault_pb
+from services.cache.app import create_service as create_cache_service
+from shared.clients import connect
+from tests.cache.conftest import cache_settings, put_route
+from tests.harness import fake_providers as faults
+from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
+from tests.harness.grpc_errors import error_info
+from tests.harness.servers import serve
+from tests.harness.tokens import LocalIssuer
+from tests.llm.harness import start_llm
+from tests.vault.conftest import running_vault, vault_settings
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_api_key_from_the_environment_reaches_the_provider(
+    issuer: LocalIssuer, sqlite_url: str
+) -> None:
+    environ = {"EMPIRE_LLM_PROVIDER_KEY_LLM_FAKE": "sk-from-env"}
+    async with FakeProvider("anthropic", api_key="sk-from-env") as fake:
+        async for llm in start_llm(issuer, sqlite_url, environ=environ):
+            await llm.client.put("p", fake, api_key_id="llm/fake")
+            response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    headers = fake.requests[0].headers
+    presented = headers.get("x-api-key") or headers["authorization"].split()[-1]
+    assert presented == "sk-from-env"
+
+
+async def test_missing_key_fails_over_as_credentials_unavailable(
+    issuer: LocalIssuer, sqlite_url: str
+) -> None:
+    async with FakeProvider("openai") as keyed, FakeProvider("openai") as local:
+        async for llm in start_llm(issuer, sqlite_url):
+            await llm.client.put("keyed", keyed, priority=0, api_key_id="llm/none")
+            await llm.client.put("local", local, priority=1)
+            response = await llm.client.complete()
+
+    assert response.provider_id == "local"
+    assert [(a.provider_id, a.error_class) for a in response.failed_attempts] == [
+        ("keyed", pb.ERROR_CLASS_CREDENTIALS_UNAVAILABLE)
+    ]
+    assert keyed.completions == 0
+
+
+async def test_api_key_from_the_vault_and_its_rotation_after_a_401(
+    issuer: LocalIssuer, sqlite_url: str, tmp_path: object
+) -> None:
+    vault_url = f"sqlite:///{tmp_path}/vault.db"
+    settings = vault_settings(vault_url, os.urandom(32))
+    async with running_vault(settings, issuer) as vault:
+        await vault.client.put("llm/openai", b"sk-first")
+
+        def token() -> str:
+            return issuer.token(scopes=["secrets:read:llm/"], subject="llm")
+
+        async with FakeProvider("openai", api_key="sk-first") as fake:
+            async for llm in start_llm(
+                issuer, sqlite_url, vault_target=vault.target, token=token
+            ):
+                await llm.client.put("p", fake, api_key_id="llm/openai")
+                first = await llm.client.complete()
+
+                await vault.client.call(
+                    "RotateSecret",
+                    vault_pb.RotateSecretRequest(
+                        key_id="llm/openai", value=b"sk-second"
+                    ),
+                )
+                fake.api_key = "sk-second"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await llm.client.complete()
+                # The 401 dropped the cached key; after the circuit's cool-down
+                # the probe reads the rotated key from the vault.
+                after = await llm.client.complete()
+
+    assert first.content == after.content == DEFAULT_REPLY
+    assert error_info(caught.value).metadata["attempts"] == "p:AUTHENTICATION"
+    presented = [r.headers["authorization"] for r in fake.requests]
+    assert presented == ["Bearer sk-first", "Bearer sk-first", "Bearer sk-second"]
+
+
+async def test_deterministic_requests_are_served_from_the_cache_service(
+    issuer: LocalIssuer, sqlite_url: str, tmp_path: object
+) -> None:
+    settings = cache_settings(f"sqlite:///{tmp_path}/cache.db")
+    service = await create_cache_service(settings)
+    async with serve(service, settings.server, issuer.verifier()) as cache:
+        admin = connect("cache", cache.target, token=issuer.token(scopes=["*"]))
+        await put_route(admin, route_id="llm-completions", route_pattern="/llm/*")
+        await admin.close()
+
+        def token() -> str:
+            return issuer.token(scopes=["cache:use"], subject="llm")
+
+        cache_target = cache.target
+        async with FakeProvider("openai") as fake:
+            async for llm in start_llm(
+                issuer, sqlite_url, cache_target=cache_target, token=token
+            ):
+                await llm.client.put("p", fake, output_price_per_million=1_000_000)
+                fresh = await llm.client.complete(temperature=0.0)
+                await _settled(llm)
+                cached = await llm.client.complete(temperature=0.0)
+                sampled = await llm.client.complete(temperature=0.7)
+                skipped = await llm.client.complete(temperature=0.0, skip_cache=True)
+                streamed = await llm.client.stream("other", cacheable=True)
+                await _settled(llm)
+                restreamed = await llm.client.stream("other", cacheable=True)
+
+    assert not fresh.cached and fresh.cost_usd > 0
+    assert cached.cached and cached.content == fresh.content
+    assert cached.provider_id == "p" and cached.cost_usd == 0
+    assert not sampled.cached and not skipped.cached
+    assert streamed.done is not None and not streamed.done.cached
+    assert restreamed.done is not None and restreamed.done.cached
+    assert restreamed.kinds() == ["start", "delta", "done"]
+    assert restreamed.text() == streamed.text() == DEFAULT_REPLY
+    assert fake.completions == 4
+
+
+async def test_a_cache_outage_never_fails_a_completion(
+    issuer: LocalIssuer, sqlite_url: str
+) -> None:
+    def token() -> str:
+        return issuer.token(scopes=["cache:use"], subject="llm")
+
+    async with FakeProvider("openai") as fake:
+        async for llm in start_llm(
+            issuer,
+            sqlite_url,
+            cache_target=f"127.0.0.1:{closed_port()}",
+            token=token,
+        ):
+            await llm.client.put("p", fake)
+            first = await llm.client.complete(temperature=0.0)
+            second = await llm.client.complete(temperature=0.0)
+
+    assert first.content == second.content == DEFAULT_REPLY
+    assert not first.cached and not second.cached
+    assert fake.completions == 2
+
+
+async def _settled(llm: object) -> None:
+    """Let the background cache store land."""
+    runtime = llm.runtime  # type: ignore[attr-defined]
+    cache = runtime.servicer._completions.cache
+    if cache is not None and cache._pending:
+        await asyncio.wait(cache._pending)
+
+
+async def test_prompts_and_keys_never_reach_the_logs(
+    issuer: LocalIssuer, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    prompt = "my-secret-prompt-4711"
+    environ = {"EMPIRE_LLM_PROVIDER_KEY_LLM_FAKE": "sk-key-0815"}
+    async with FakeProvider("openai", api_key="sk-key-0815") as fake:
+        async for llm in start_llm(issuer, sqlite_url, environ=environ):
+            await llm.client.put("p", fake, api_key_id="llm/fake")
+            fake.inject(faults.server_error(500), times=1)
+            fake.inject(faults.auth_error(), times=1)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await llm.client.complete(prompt)
+            await llm.client.stream(prompt)
+
+    assert fake.completions >= 2
+    logged = "\n".join(
+        record.getMessage() + " " + str(record.__dict__) for record in caplog.records
+    )
+    assert prompt not in logged
+    assert "sk-key-0815" not in logged

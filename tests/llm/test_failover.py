@@ -1,0 +1,338 @@
+"""Complete under provider faults: what the caller got, and what each provider saw."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from empire.llm.v1 import llm_service_pb2 as pb
+from tests.harness import fake_providers as faults
+from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
+from tests.harness.grpc_errors import error_info
+from tests.llm.harness import RunningLlm, eventually, seconds
+
+
+def classes(response: pb.CompleteResponse) -> list[tuple[str, int]]:
+    return [(a.provider_id, a.error_class) for a in response.failed_attempts]
+
+
+async def test_healthy_primary_serves_and_names_itself(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put(
+        "primary",
+        openai_primary,
+        priority=0,
+        input_price_per_million=1000000,
+        output_price_per_million=2000000,
+    )
+    await llm.client.put("fallback", openai_fallback, priority=1)
+
+    response = await llm.client.complete("say the fox line")
+
+    assert response.content == DEFAULT_REPLY
+    assert response.provider_id == "primary"
+    assert response.model == "primary-model"
+    assert response.finish_reason == pb.FINISH_REASON_STOP
+    assert response.usage.input_tokens == 4
+    assert response.usage.output_tokens == 9
+    assert response.cost_usd == pytest.approx(4 * 1.0 + 9 * 2.0)
+    assert not response.failed_attempts
+    assert not response.cached
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 0)
+
+
+async def test_server_error_once_is_retried_on_the_same_provider(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.server_error(500), times=1)
+
+    response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    assert response.provider_id == "primary"
+    assert classes(response) == [("primary", pb.ERROR_CLASS_SERVER_ERROR)]
+    assert response.failed_attempts[0].http_status == 500
+    assert (openai_primary.completions, openai_fallback.completions) == (2, 0)
+
+
+async def test_persistent_503_retries_then_fails_over(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.server_error(503), times=None)
+
+    response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    assert response.provider_id == "fallback"
+    assert classes(response) == [
+        ("primary", pb.ERROR_CLASS_SERVER_ERROR),
+        ("primary", pb.ERROR_CLASS_SERVER_ERROR),
+    ]
+    assert (openai_primary.completions, openai_fallback.completions) == (2, 1)
+
+
+async def test_persistent_503_on_every_provider_is_a_clean_unavailable(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.server_error(503), times=None)
+    openai_fallback.inject(faults.server_error(503), times=None)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(caught.value)
+    assert info.reason == "ALL_PROVIDERS_FAILED"
+    assert info.metadata["attempts"] == (
+        "primary:SERVER_ERROR,primary:SERVER_ERROR,"
+        "fallback:SERVER_ERROR,fallback:SERVER_ERROR"
+    )
+    assert (openai_primary.completions, openai_fallback.completions) == (2, 2)
+
+
+async def test_retry_budget_bounds_the_attempts_of_one_request(
+    llm: RunningLlm,
+) -> None:
+    fakes = [await FakeProvider("openai").start() for _ in range(4)]
+    try:
+        for index, fake in enumerate(fakes):
+            fake.inject(faults.server_error(500), times=None)
+            await llm.client.put(f"p{index}", fake, priority=index)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete()
+
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "retry budget" in (caught.value.details() or "")
+        assert sum(f.completions for f in fakes) == llm.settings.policy.max_attempts
+    finally:
+        for fake in fakes:
+            await fake.close()
+
+
+async def test_rate_limit_with_retry_after_waits_when_no_other_provider(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.rate_limited(retry_after=0.3), times=1)
+
+    response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
+    assert response.failed_attempts[0].http_status == 429
+    gap = openai_primary.requests[1].at - openai_primary.requests[0].at
+    # The second try came no earlier than the provider asked.
+    assert gap >= 0.3
+    assert openai_primary.completions == 2
+
+
+async def test_rate_limit_with_retry_after_fails_over_to_a_ready_provider(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.rate_limited(retry_after=0.3), times=1)
+
+    response = await llm.client.complete()
+
+    assert response.provider_id == "fallback"
+    assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+
+
+async def test_rate_limit_whose_retry_after_exceeds_the_deadline_fails_fast(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.rate_limited(retry_after=30), times=1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete(timeout=3.0)
+
+    # Not DEADLINE_EXCEEDED: the service gave up at once instead of sleeping.
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).metadata["attempts"] == "primary:RATE_LIMITED"
+    assert openai_primary.completions == 1
+
+
+async def test_rate_limit_without_retry_after_fails_over(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.rate_limited(), times=None)
+
+    response = await llm.client.complete()
+
+    assert response.provider_id == "fallback"
+    assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+
+
+async def test_tcp_reset_before_headers_is_retried_then_failed_over(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.reset_before_headers(), times=None)
+
+    response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    assert response.provider_id == "fallback"
+    assert classes(response) == [
+        ("primary", pb.ERROR_CLASS_CONNECTION),
+        ("primary", pb.ERROR_CLASS_CONNECTION),
+    ]
+    assert (openai_primary.completions, openai_fallback.completions) == (2, 1)
+
+
+async def test_silent_provider_times_out_and_is_not_retried(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.no_answer(), times=None)
+
+    response = await llm.client.complete()
+
+    assert response.provider_id == "fallback"
+    assert classes(response) == [("primary", pb.ERROR_CLASS_TIMEOUT)]
+    # The provider's request timeout (2s) ended the attempt, not the SDK.
+    assert response.failed_attempts[0].message == "the provider did not answer in time"
+    assert response.failed_attempts[0].latency.ToMilliseconds() >= 1900
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+    assert await eventually(lambda: openai_primary.abandoned == 1)
+
+
+async def test_caller_deadline_ends_the_attempt_on_a_silent_provider(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, request_timeout=seconds(60))
+    openai_primary.inject(faults.no_answer(), times=None)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete(timeout=0.8)
+
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert openai_primary.completions == 1
+    # No attempt outlives its caller: the provider saw the request abandoned.
+    assert await eventually(lambda: openai_primary.abandoned == 1)
+
+
+async def test_context_length_goes_to_a_larger_window_never_the_same_model(
+    llm: RunningLlm,
+) -> None:
+    small = await FakeProvider("openai", model="small", context_window=5).start()
+    twin = await FakeProvider("openai", model="small", context_window=5).start()
+    large = await FakeProvider("anthropic", model="large").start()
+    try:
+        await llm.client.put("small", small, priority=0, context_window=5)
+        await llm.client.put("small-twin", twin, priority=1, context_window=5)
+        await llm.client.put("large", large, priority=2, context_window=100_000)
+
+        response = await llm.client.complete("one two three four five six seven")
+
+        assert response.provider_id == "large"
+        assert classes(response) == [("small", pb.ERROR_CLASS_CONTEXT_LENGTH_EXCEEDED)]
+        assert "maximum context length" in response.failed_attempts[0].message
+        assert (small.completions, twin.completions, large.completions) == (1, 0, 1)
+    finally:
+        for fake in (small, twin, large):
+            await fake.close()
+
+
+async def test_context_length_with_no_larger_window_names_the_messages(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.context_length(), times=None)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete()
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert info.metadata["field"] == "messages"
+    assert openai_primary.completions == 1
+
+
+async def test_prompt_surely_beyond_every_window_is_refused_without_a_call(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, context_window=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.complete("word " * 100)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert openai_primary.completions == 0
+
+
+async def test_content_policy_is_not_retried_and_carries_the_providers_reason(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    same_model = await FakeProvider("openai", model="primary-model").start()
+    try:
+        await llm.client.put("primary", openai_primary, priority=0)
+        await llm.client.put("same-model", same_model, priority=1)
+        openai_primary.inject(faults.content_policy(), times=None)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete()
+
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert info.reason == "CONTENT_POLICY"
+        assert "safety system" in info.metadata["provider_reason"]
+        assert "safety system" in (caught.value.details() or "")
+        assert (openai_primary.completions, same_model.completions) == (1, 0)
+    finally:
+        await same_model.close()
+
+
+async def test_authentication_error_opens_the_circuit_and_fails_over(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    openai_primary.inject(faults.auth_error(), times=None)
+
+    first = await llm.client.complete()
+    second = await llm.client.complete()
+
+    assert first.provider_id == second.provider_id == "fallback"
+    assert classes(first) == [("primary", pb.ERROR_CLASS_AUTHENTICATION)]
+    assert not second.failed_attempts  # the open circuit skips the primary
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 2)
+    health = await llm.client.call(
+        "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="primary")
+    )
+    assert health.providers[0].state == pb.CIRCUIT_STATE_OPEN
+    assert health.providers[0].last_error_class == pb.ERROR_CLASS_AUTHENTICATION
+    assert "key" in health.providers[0].last_error
+
+
+async def test_malformed_json_answer_fails_over(
+    llm: RunningLlm, openai_primary: FakeProvider, anthropic_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", anthropic_fallback, priority=1)
+    openai_primary.inject(faults.invalid_json_mid_stream(), times=None)
+
+    response = await llm.client.complete()
+
+    assert response.content == DEFAULT_REPLY
+    assert response.provider_id == "fallback"
+    assert classes(response) == [("primary", pb.ERROR_CLASS_MALFORMED_RESPONSE)]
+    assert (openai_primary.completions, anthropic_fallback.completions) == (1, 1)
