@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The gateway's descriptor set also carries the error detail types, so REST errors
+# come back as JSON with ErrorInfo and BadRequest. It is a second protoc call:
+# generating Python for google/rpc would shadow the installed package.
 proto: $(STAMP)
 	mkdir -p deploy/envoy
 	$(PY) -m grpc_tools.protoc -Iprotos -I$(SITE) \
 		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
-	# The gateway's descriptor set also carries the error detail types, so REST
-	# errors come back as JSON with ErrorInfo and BadRequest. A separate call:
-	# generating Python for google/rpc here would shadow the installed package.
 	$(PY) -m grpc_tools.protoc -Iprotos -I$(SITE) \
 		--include_imports --include_source_info \
 		--descriptor_set_out=deploy/envoy/empire.pb \

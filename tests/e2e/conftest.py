@@ -123,7 +123,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         suite.admin_token = suite.exchange()
 
         # llm calls vault and cache as itself: an operator gives it an API key
-        # of its own, as docs/OPERATIONS.md describes.
+        # of its own, as the README's Operations section describes.
         llm.env.update(
             {
                 "EMPIRE_LLM_SERVICE_API_KEY": _create_api_key(suite, "llm"),

@@ -1,5 +1,5 @@
-"""An operator's grpcurl, as docs/OPERATIONS.md shows it: through the gateway with
-the descriptor set, and straight at a service with reflection."""
+"""An operator's grpcurl, as the README's Operations section shows it: through the
+gateway with the descriptor set, and straight at a service with reflection."""
 
 from __future__ import annotations
 
