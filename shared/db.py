@@ -69,6 +69,7 @@ _RECORD_MIGRATION = (
     " VALUES (%s, %s, %s, %s)"
 )
 _APPLIED_VERSIONS = "SELECT version FROM schema_migrations WHERE scope = %s"
+_SQLITE_WAL_SWITCH_SECONDS = 5.0
 
 
 class UniqueViolation(Exception):
@@ -660,9 +661,28 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 5000")
     if path != ":memory:":
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Switching the journal mode takes an exclusive lock and, unlike ordinary
+    # statements, answers "database is locked" at once instead of waiting on
+    # busy_timeout; replicas opening one file together must retry it.
+    deadline = time.monotonic() + _SQLITE_WAL_SWITCH_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in {
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            }
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_execute(conn: sqlite3.Connection, sql: str, params: Params) -> int:
@@ -691,6 +711,13 @@ def _sqlite_apply_migrations(
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process may have applied it since `applied` was read.
+            if conn.execute(
+                to_sqlite_placeholders(_APPLIED_VERSIONS) + " AND version = ?",
+                (scope, migration.version),
+            ).fetchone():
+                conn.execute("ROLLBACK")
+                continue
             for statement in split_sqlite_script(migration.sql):
                 conn.execute(statement)
             conn.execute(

@@ -279,6 +279,25 @@ async def test_concurrent_starts_apply_each_migration_once(
     assert recorded == [(1,), (2,)]
 
 
+async def test_replicas_opening_one_sqlite_file_together_all_start(
+    tmp_path: Path, migrations_dir: Path
+) -> None:
+    # Switching a new file to WAL answers "locked" at once rather than waiting,
+    # and a migration another replica applied meanwhile must be skipped.
+    for attempt in range(5):
+        url = f"sqlite:///{tmp_path / f'shared-{attempt}.db'}"
+        replicas = await asyncio.gather(
+            *(open_database(url, migrations_dir) for _ in range(6))
+        )
+        try:
+            recorded = await replicas[0].fetchall(
+                "SELECT version FROM schema_migrations ORDER BY version"
+            )
+        finally:
+            await asyncio.gather(*(replica.close() for replica in replicas))
+        assert recorded == [(1,), (2,)]
+
+
 async def test_blob_becomes_bytea_on_postgres(
     postgres_url: str, migrations_dir: Path
 ) -> None:
