@@ -113,15 +113,16 @@ async def start_server(
         service.name, rules_for_services(service.service_names), verifier
     )
     server = grpc.aio.server(
-        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
+    registration = _WrappingRegistration(server, interceptor)
     for add_to_server, servicer in service.servicers:
-        add_to_server(servicer, server)
+        add_to_server(servicer, registration)
+    registration.check_registered(service.service_names)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -137,6 +138,43 @@ async def start_server(
     return RunningServer(
         service, server, health_servicer, http_runner, settings.host, port, http_port
     )
+
+
+class _WrappingRegistration:
+    """Stands in for the server while generated code registers a servicer.
+
+    Each method handler is wrapped by the interceptor once, here, instead of
+    through `grpc.aio.server(interceptors=...)`, which would await an extra
+    interception step on every call.
+    """
+
+    def __init__(self, server: grpc.aio.Server, interceptor: ServerInterceptor):
+        self._server = server
+        self._interceptor = interceptor
+        self._registered: set[str] = set()
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # Generated code follows this with add_registered_method_handlers for
+        # the same service; the wrapped handlers are registered there.
+        pass
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {
+            name: self._interceptor.wrap(f"/{service_name}/{name}", handler)
+            for name, handler in method_handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service_name, wrapped),)
+        )
+        self._server.add_registered_method_handlers(service_name, wrapped)
+        self._registered.add(service_name)
+
+    def check_registered(self, service_names: list[str]) -> None:
+        missing = set(service_names) - self._registered
+        if missing:
+            raise RuntimeError(f"no servicer registered for {sorted(missing)}")
 
 
 async def _start_http(
