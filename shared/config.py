@@ -174,3 +174,15 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
             "CLOCK_LEEWAY_SECONDS", 30.0, minimum=0.0, maximum=300.0
         ),
     )
+
+
+def database_url(env: Env, service: str) -> str:
+    """`EMPIRE_<SVC>_DATABASE_URL`, by default the embedded `sqlite:///var/<svc>.db`."""
+    return env.str(f"{service.upper()}_DATABASE_URL", f"sqlite:///var/{service}.db")
+
+
+def database_timeout_seconds(env: Env, service: str) -> float:
+    """`EMPIRE_<SVC>_DATABASE_TIMEOUT_SECONDS`: how long one database call may wait."""
+    return env.float(
+        f"{service.upper()}_DATABASE_TIMEOUT_SECONDS", 3.0, minimum=0.1, maximum=60.0
+    )

@@ -14,12 +14,13 @@ from services.auth.keyring import KeyringPolicy, SigningKeyRing
 from services.auth.maintenance import Maintenance
 from services.auth.refresh import RefreshFamilies, RefreshPolicy
 from services.auth.revocation import TokenRevoker
-from services.auth.secrets_box import MasterKey, load_or_create_dev_master_key
+from services.auth.secrets_box import MasterKey
 from services.auth.servicer import AuthComponents, AuthServicer
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from services.auth.tokens import TokenMinter
 from services.auth.verification import KeyringTokenVerifier, TokenChecker
+from shared.master_key import development_master_key
 from shared.server import Service
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,7 @@ async def create_service(
 ) -> Service:
     """The auth `Service`; `keyring_clock` lets tests move key lifecycles in time."""
     master_key = MasterKey(
-        settings.master_key
-        or load_or_create_dev_master_key(settings.dev_master_key_file)
+        settings.master_key or development_master_key(settings.dev_master_key_file)
     )
     store = await AuthStore.open(
         settings.database_url, settings.database_timeout_seconds

@@ -6,12 +6,13 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2
 
 from empire.auth.v1 import auth_service_pb2 as pb
 from services.auth.signing_keys import KeyState, SigningKey
 from services.auth.store import ApiKeyRow
 from services.auth.verification import Verdict
+from shared.proto_time import timestamp
 
 _KEY_STATES = {
     KeyState.NEXT: pb.SigningKey.NEXT,
@@ -22,14 +23,6 @@ _KEY_STATES = {
 ALGORITHMS = {"EdDSA": pb.EDDSA, "ES256": pb.ES256, "RS256": pb.RS256}
 ALGORITHM_NAMES = {value: name for name, value in ALGORITHMS.items()}
 _JWK_FIELDS = ("kty", "kid", "alg", "use", "crv", "x", "y", "n", "e")
-
-
-def timestamp(epoch_ms: int | None) -> timestamp_pb2.Timestamp | None:
-    if epoch_ms is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(epoch_ms)
-    return stamp
 
 
 def json_web_key(jwk: dict[str, Any]) -> pb.JsonWebKey:

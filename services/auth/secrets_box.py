@@ -7,20 +7,14 @@ sub-key reveals another.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import logging
 import os
-import secrets
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-logger = logging.getLogger(__name__)
 
 _NONCE_BYTES = 12
 _SEAL_VERSION = b"\x01"
@@ -68,23 +62,3 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
         key
     )
-
-
-def load_or_create_dev_master_key(path: Path) -> bytes:
-    """The development master key kept (base64) in `path`, created 0600 if absent."""
-    if path.exists():
-        key = base64.b64decode(path.read_text().strip())
-        if len(key) != 32:
-            raise ValueError(f"{path} does not hold a 32-byte base64 key")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(base64.b64encode(key).decode() + "\n")
-    logger.warning(
-        "development start: generated a master key in %s; set EMPIRE_AUTH_MASTER_KEY "
-        "or EMPIRE_AUTH_MASTER_KEY_FILE in production",
-        path,
-    )
-    return key

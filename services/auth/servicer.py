@@ -23,6 +23,7 @@ from services.auth.tokens import TOKEN_TYPE, Grant, TokenMinter
 from services.auth.verification import TokenChecker
 from shared.authn import current_principal
 from shared.errors import InvalidArgument
+from shared.proto_time import timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return pb.IssueTokenResponse(
             access_token=minted.token,
             token_type=TOKEN_TYPE,
-            expire_time=messages.timestamp(minted.expires_ms),
+            expire_time=timestamp(minted.expires_ms),
             token_id=minted.token_id,
             key_id=minted.key_id,
             scopes=minted.scopes,
             refresh_token=refresh_token,
-            refresh_token_expire_time=messages.timestamp(refresh_expires),
+            refresh_token_expire_time=timestamp(refresh_expires),
         )
 
     async def VerifyToken(self, request: pb.VerifyTokenRequest, context: Any) -> Any:
@@ -87,11 +88,11 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return pb.RefreshTokenResponse(
             access_token=result.access.token,
             token_type=TOKEN_TYPE,
-            expire_time=messages.timestamp(result.access.expires_ms),
+            expire_time=timestamp(result.access.expires_ms),
             token_id=result.access.token_id,
             scopes=result.access.scopes,
             refresh_token=result.refresh_token,
-            refresh_token_expire_time=messages.timestamp(result.refresh_expires_ms),
+            refresh_token_expire_time=timestamp(result.refresh_expires_ms),
         )
 
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Any) -> Any:
@@ -148,7 +149,10 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         self, request: pb.ListSigningKeysRequest, context: Any
     ) -> Any:
         size = validation.page_size(request.page_size)
-        cursor = validation.decode_page_token(request.page_token)
+        filters = [request.show_retired]
+        cursor = validation.decode_page_token(
+            request.page_token, "signing_keys", filters
+        )
         keys = [
             key
             for key in self.components.keyring.keys()
@@ -160,7 +164,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         next_token = ""
         if len(keys) > size:
             next_token = validation.encode_page_token(
-                page[-1].created_ms, page[-1].key_id
+                "signing_keys", filters, page[-1].created_ms, page[-1].key_id
             )
         return pb.ListSigningKeysResponse(
             signing_keys=[messages.signing_key(key) for key in page],
@@ -192,7 +196,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> Any:
         size = validation.page_size(request.page_size)
-        cursor = validation.decode_page_token(request.page_token)
+        filters = [request.show_inactive]
+        cursor = validation.decode_page_token(request.page_token, "api_keys", filters)
         rows = await self.components.store.list_api_keys(
             size + 1, cursor, request.show_inactive, self._now_ms()
         )
@@ -200,7 +205,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         next_token = ""
         if len(rows) > size:
             next_token = validation.encode_page_token(
-                page[-1].created_ms, page[-1].api_key_id
+                "api_keys", filters, page[-1].created_ms, page[-1].api_key_id
             )
         return pb.ListApiKeysResponse(
             api_keys=[messages.api_key(row) for row in page], next_page_token=next_token
@@ -225,7 +230,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return pb.ExchangeApiKeyResponse(
             access_token=minted.token,
             token_type=TOKEN_TYPE,
-            expire_time=messages.timestamp(minted.expires_ms),
+            expire_time=timestamp(minted.expires_ms),
             token_id=minted.token_id,
             scopes=minted.scopes,
         )

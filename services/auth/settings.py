@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.auth.api_key_format import parse_api_key
-from shared.config import Env, ServerSettings, SettingsError, load_server_settings
+from shared.config import (
+    Env,
+    ServerSettings,
+    SettingsError,
+    database_timeout_seconds,
+    database_url,
+    load_server_settings,
+)
+from shared.master_key import read_master_key
 
-MASTER_KEY_BYTES = 32
 ALGORITHMS = ("EdDSA", "ES256", "RS256")
 ADMIN_ROLE = "admin"
 ALL_SCOPES = "*"
@@ -87,7 +92,7 @@ def load_settings(env: Env | None = None) -> AuthSettings:
             "EMPIRE_AUTH_JWKS_MAX_AGE_SECONDS"
         )
     development = env.bool("AUTH_DEVELOPMENT", True)
-    master_key = _master_key(env)
+    master_key = read_master_key(env, "auth")
     if master_key is None and not development:
         raise SettingsError(
             "EMPIRE_AUTH_MASTER_KEY: required (or EMPIRE_AUTH_MASTER_KEY_FILE) when "
@@ -95,10 +100,8 @@ def load_settings(env: Env | None = None) -> AuthSettings:
         )
     return AuthSettings(
         server=server,
-        database_url=env.str("AUTH_DATABASE_URL", "sqlite:///var/auth.db"),
-        database_timeout_seconds=env.float(
-            "AUTH_DATABASE_TIMEOUT_SECONDS", 3.0, minimum=0.1, maximum=60.0
-        ),
+        database_url=database_url(env, "auth"),
+        database_timeout_seconds=database_timeout_seconds(env, "auth"),
         master_key=master_key,
         dev_master_key_file=env.path("AUTH_DEV_MASTER_KEY_FILE")
         or Path("var/auth-master.key"),
@@ -159,34 +162,4 @@ def _bootstrap_api_key(env: Env) -> str | None:
             "EMPIRE_AUTH_BOOTSTRAP_API_KEY: expected an API key 'esk_<id>_<body>' "
             "with a valid checksum (make one with python -m services.auth.new_api_key)"
         )
-    return key
-
-
-def _master_key(env: Env) -> bytes | None:
-    inline = env.optional_str("AUTH_MASTER_KEY")
-    if inline is not None:
-        return decode_master_key(inline, "EMPIRE_AUTH_MASTER_KEY")
-    path = env.path("AUTH_MASTER_KEY_FILE")
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        reason = type(error).__name__
-        raise SettingsError(
-            f"EMPIRE_AUTH_MASTER_KEY_FILE: cannot read the file ({reason})"
-        ) from None
-    return decode_master_key(text, "EMPIRE_AUTH_MASTER_KEY_FILE")
-
-
-def decode_master_key(text: str, variable: str) -> bytes:
-    """A base64 (standard or URL-safe) 32-byte key; the error never echoes it."""
-    try:
-        key = base64.urlsafe_b64decode(
-            text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4)
-        )
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{variable}: expected base64") from None
-    if len(key) != MASTER_KEY_BYTES:
-        raise SettingsError(f"{variable}: expected {MASTER_KEY_BYTES} bytes of base64")
     return key

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Collection
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from services.auth.tokens import RESERVED_CLAIMS
+from shared import pagination
 from shared.errors import InvalidArgument
 
 MAX_SUBJECT_CHARS = 256
@@ -80,26 +79,23 @@ def extra_claims(claims: struct_pb2.Struct, field: str = "claims") -> dict[str, 
 
 
 def page_size(value: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return pagination.page_size(value, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
-def encode_page_token(created_ms: int, item_id: str) -> str:
-    raw = f"{created_ms}:{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_page_token(kind: str, filters: Any, created_ms: int, item_id: str) -> str:
+    return pagination.encode_page_token(
+        [created_ms, item_id], kind=kind, filters=filters
+    )
 
 
-def decode_page_token(token: str) -> tuple[int, str] | None:
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        created, _, item_id = raw.partition(":")
-        if not item_id:
-            raise ValueError("no id")
-        return int(created), item_id
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument(
-            "page_token", "not a token from a previous page"
-        ) from None
+def decode_page_token(token: str, kind: str, filters: Any) -> tuple[int, str] | None:
+    return pagination.decode_page_token(
+        token, _created_and_id, kind=kind, filters=filters
+    )
+
+
+def _created_and_id(position: Any) -> tuple[int, str]:
+    created, item_id = position
+    if not isinstance(created, int) or not isinstance(item_id, str) or not item_id:
+        raise ValueError("not a (created_ms, id) position")
+    return created, item_id

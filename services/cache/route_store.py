@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from pathlib import Path
 
 from empire.cache.v1 import cache_service_pb2 as pb
 from services.cache.routes import Route, route_from_proto, route_to_proto
 from shared.db import Executor
-from shared.errors import InvalidArgument
+from shared.pagination import decode_page_token, encode_page_token, text_position
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -53,7 +51,7 @@ class RouteStore:
         return [_decode(row[0]) for row in rows]
 
     async def page(self, page_size: int, page_token: str) -> tuple[list[Route], str]:
-        after = decode_page_token(page_token)
+        after = decode_page_token(page_token, text_position, kind="routes") or ""
         rows = await self._db.fetchall(
             "SELECT config FROM cache_route_configs WHERE route_id > %s"
             " ORDER BY route_id LIMIT %s",
@@ -61,27 +59,8 @@ class RouteStore:
         )
         routes = [_decode(row[0]) for row in rows[:page_size]]
         more = len(rows) > page_size
-        return routes, encode_page_token(routes[-1].route_id) if more else ""
-
-
-def encode_page_token(route_id: str) -> str:
-    return base64.urlsafe_b64encode(b"r1:" + route_id.encode()).decode()
-
-
-def decode_page_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        raw = base64.urlsafe_b64decode(token.encode())
-    except (binascii.Error, ValueError):
-        raw = b""
-    if not raw.startswith(b"r1:"):
-        raise InvalidArgument(
-            "page_token",
-            "is not a token this service issued",
-            reason="INVALID_PAGE_TOKEN",
-        )
-    return raw[3:].decode(errors="replace")
+        token = encode_page_token(routes[-1].route_id, kind="routes") if more else ""
+        return routes, token
 
 
 def _decode(blob: bytes | memoryview) -> Route:

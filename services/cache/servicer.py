@@ -23,6 +23,7 @@ from services.cache.routes import (
     validate_route_id,
 )
 from shared.errors import InvalidArgument, NotFound
+from shared.pagination import page_size
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,13 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
     async def ListRouteConfigs(
         self, request: pb.ListRouteConfigsRequest, context: object
     ) -> pb.ListRouteConfigsResponse:
-        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument(
-                "page_size", f"must be 0 to {MAX_PAGE_SIZE}", reason="INVALID_PAGE_SIZE"
-            )
-        routes, next_token = await self._engine.routes.page(
-            request.page_size or DEFAULT_PAGE_SIZE, request.page_token
+        size = page_size(
+            request.page_size,
+            default=DEFAULT_PAGE_SIZE,
+            maximum=MAX_PAGE_SIZE,
+            over_maximum="reject",
         )
+        routes, next_token = await self._engine.routes.page(size, request.page_token)
         return pb.ListRouteConfigsResponse(
             route_configs=[route_to_proto(route) for route in routes],
             next_page_token=next_token,

@@ -10,7 +10,13 @@ from pathlib import Path
 
 from services.cache.config_file import load_config_file
 from services.cache.routes import Route
-from shared.config import Env, ServerSettings, SettingsError, load_server_settings
+from shared.config import (
+    Env,
+    ServerSettings,
+    SettingsError,
+    database_url,
+    load_server_settings,
+)
 
 MIB = 1024 * 1024
 _REPLICA_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -58,7 +64,7 @@ def load_settings(env: Env | None = None) -> CacheSettings:
     env = env or Env()
     settings = CacheSettings(
         server=load_server_settings("cache", env),
-        database_url=env.str("CACHE_DATABASE_URL", "sqlite:///var/cache.db"),
+        database_url=database_url(env, "cache"),
         redis_url=env.optional_str("CACHE_REDIS_URL"),
         redis_prefix=env.str("CACHE_REDIS_PREFIX", "empire:cache:"),
         redis_timeout_seconds=env.float(

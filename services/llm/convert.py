@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import cast
 
-from google.protobuf import duration_pb2, timestamp_pb2
-
 from empire.llm.v1 import llm_service_pb2 as pb
 from services.llm.circuit import CircuitState
 from services.llm.health import ProviderHealth
@@ -17,6 +15,7 @@ from services.llm.models import (
     ProviderConfig,
 )
 from services.llm.usage import ProviderSummary, RouteSummary, latency_percentiles
+from shared.proto_time import duration, timestamp
 
 _KINDS = {
     "openai": pb.PROVIDER_KIND_OPENAI,
@@ -42,18 +41,6 @@ def error_class(value: ErrorClass | str | None) -> pb.ErrorClass:
     return cast(pb.ErrorClass, pb.ErrorClass.Value("ERROR_CLASS_" + name))
 
 
-def duration(seconds: float) -> duration_pb2.Duration:
-    result = duration_pb2.Duration()
-    result.FromNanoseconds(int(seconds * 1e9))
-    return result
-
-
-def timestamp_ms(millis: int) -> timestamp_pb2.Timestamp:
-    result = timestamp_pb2.Timestamp()
-    result.FromMilliseconds(millis)
-    return result
-
-
 def provider(config: ProviderConfig) -> pb.Provider:
     return pb.Provider(
         provider_id=config.provider_id,
@@ -71,8 +58,8 @@ def provider(config: ProviderConfig) -> pb.Provider:
         input_price_per_million=config.input_price_per_million,
         output_price_per_million=config.output_price_per_million,
         disabled=config.disabled,
-        create_time=timestamp_ms(config.create_time_ms),
-        update_time=timestamp_ms(config.update_time_ms),
+        create_time=timestamp(config.create_time_ms),
+        update_time=timestamp(config.update_time_ms),
     )
 
 

@@ -11,7 +11,7 @@ answer never passes for a complete one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anthropic
@@ -73,12 +73,41 @@ class ProviderClient:
     async def aclose(self) -> None:
         raise NotImplementedError
 
+    async def _next_event(self, iterator: AsyncIterator[Any], finished: bool) -> Any:
+        """The stream's next event, or None at its end.
+
+        After the finish signal only trailing usage may follow, so the wait is
+        bounded by the end grace instead of the stream's idle timeout.
+        """
+        try:
+            if not finished:
+                return await iterator.__anext__()
+            return await asyncio.wait_for(iterator.__anext__(), self._end_grace)
+        except (StopAsyncIteration, TimeoutError):
+            return None
+
 
 def create_client(provider: ProviderConfig, api_key: str | None) -> ProviderClient:
     """The adapter for the provider's wire format."""
     if provider.kind == "anthropic":
         return AnthropicClient(provider, api_key)
     return OpenAIClient(provider, api_key)
+
+
+def _unfinished_stream() -> ProviderFailure:
+    return ProviderFailure(
+        ErrorClass.MALFORMED_RESPONSE, "the stream ended before the answer finished"
+    )
+
+
+def _sdk_options(provider: ProviderConfig, api_key: str | None) -> dict[str, Any]:
+    """What both SDKs take; their own retries stay off because the router retries."""
+    return {
+        "api_key": api_key or NO_KEY,
+        "base_url": provider.endpoint,
+        "max_retries": 0,
+        "timeout": _http_timeout(provider),
+    }
 
 
 def _http_timeout(provider: ProviderConfig) -> httpx2.Timeout:
@@ -96,12 +125,7 @@ class OpenAIClient(ProviderClient):
 
     def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
         super().__init__(provider)
-        self._sdk = openai.AsyncOpenAI(
-            api_key=api_key or NO_KEY,
-            base_url=provider.endpoint,
-            max_retries=0,
-            timeout=_http_timeout(provider),
-        )
+        self._sdk = openai.AsyncOpenAI(**_sdk_options(provider, api_key))
 
     def _arguments(self, request: CompletionRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -149,16 +173,9 @@ class OpenAIClient(ProviderClient):
         chunks = 0
         iterator = stream.__aiter__()
         try:
-            while True:
-                try:
-                    if finish is None:
-                        chunk = await iterator.__anext__()
-                    else:
-                        chunk = await asyncio.wait_for(
-                            iterator.__anext__(), self._end_grace
-                        )
-                except (StopAsyncIteration, TimeoutError):
-                    break
+            while (
+                chunk := await self._next_event(iterator, finish is not None)
+            ) is not None:
                 if chunk.usage is not None:
                     usage = chunk.usage
                 if not chunk.choices:
@@ -173,10 +190,7 @@ class OpenAIClient(ProviderClient):
             await stream.close()
 
         if finish is None:
-            raise ProviderFailure(
-                ErrorClass.MALFORMED_RESPONSE,
-                "the stream ended before the answer finished",
-            )
+            raise _unfinished_stream()
         yield StreamEnd(
             finish,
             input_tokens=usage.prompt_tokens if usage else 0,
@@ -192,12 +206,7 @@ class AnthropicClient(ProviderClient):
 
     def __init__(self, provider: ProviderConfig, api_key: str | None) -> None:
         super().__init__(provider)
-        self._sdk = anthropic.AsyncAnthropic(
-            api_key=api_key or NO_KEY,
-            base_url=provider.endpoint,
-            max_retries=0,
-            timeout=_http_timeout(provider),
-        )
+        self._sdk = anthropic.AsyncAnthropic(**_sdk_options(provider, api_key))
 
     def _arguments(self, request: CompletionRequest) -> dict[str, Any]:
         system = [m.content for m in request.messages if m.role == "system"]
@@ -241,16 +250,9 @@ class AnthropicClient(ProviderClient):
         input_tokens = output_tokens = 0
         iterator = stream.__aiter__()
         try:
-            while True:
-                try:
-                    if finish is None:
-                        event = await iterator.__anext__()
-                    else:
-                        event = await asyncio.wait_for(
-                            iterator.__anext__(), self._end_grace
-                        )
-                except (StopAsyncIteration, TimeoutError):
-                    break
+            while (
+                event := await self._next_event(iterator, finish is not None)
+            ) is not None:
                 if event.type == "message_start":
                     input_tokens = event.message.usage.input_tokens
                 elif event.type == "content_block_delta":
@@ -267,10 +269,7 @@ class AnthropicClient(ProviderClient):
             await stream.close()
 
         if finish is None:
-            raise ProviderFailure(
-                ErrorClass.MALFORMED_RESPONSE,
-                "the stream ended before the answer finished",
-            )
+            raise _unfinished_stream()
         yield StreamEnd(finish, input_tokens=input_tokens, output_tokens=output_tokens)
 
     async def aclose(self) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +26,8 @@ from services.llm.validation import (
     provider_from_proto,
 )
 from shared.errors import InvalidArgument, NotFound
+from shared.pagination import decode_page_token, encode_page_token
+from shared.proto_time import epoch_ms
 
 # Leave the caller this much of its deadline to receive the answer or error.
 DEADLINE_MARGIN_SECONDS = 0.02
@@ -81,7 +81,12 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
         if request.route:
             check_id("route", request.route)
         size = page_size(request.page_size)
-        after = _decode_page_token(request.page_token, request.route)
+        after = decode_page_token(
+            request.page_token,
+            _provider_position,
+            kind="providers",
+            filters=[request.route],
+        )
         providers = [
             p
             for p in await self._store.list_providers()
@@ -92,8 +97,10 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
         token = ""
         if len(providers) > size:
             last = page[-1]
-            token = _encode_page_token(
-                (last.route, last.priority, last.provider_id), request.route
+            token = encode_page_token(
+                [last.route, last.priority, last.provider_id],
+                kind="providers",
+                filters=[request.route],
             )
         return pb.ListProvidersResponse(
             providers=[convert.provider(p) for p in page], next_page_token=token
@@ -200,12 +207,8 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
             check_id("route", request.route)
         if request.provider_id:
             check_id("provider_id", request.provider_id)
-        start_ms = (
-            request.start_time.ToMilliseconds() if request.HasField("start_time") else 0
-        )
-        end_ms = (
-            request.end_time.ToMilliseconds() if request.HasField("end_time") else None
-        )
+        start_ms = epoch_ms(request.start_time) if request.HasField("start_time") else 0
+        end_ms = epoch_ms(request.end_time) if request.HasField("end_time") else None
         if end_ms is not None and end_ms < start_ms:
             raise InvalidArgument("end_time", "must not be before start_time")
         await self._recorder.flush()
@@ -222,21 +225,6 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
         )
 
 
-def _encode_page_token(after: tuple[str, int, str], route: str) -> str:
-    raw = json.dumps({"after": list(after), "route": route}).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_page_token(token: str, route: str) -> tuple[str, int, str] | None:
-    if not token:
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = data["after"]
-        if data["route"] != route:
-            raise ValueError("filter changed")
-        return (str(after[0]), int(after[1]), str(after[2]))
-    except (ValueError, KeyError, TypeError, IndexError):
-        raise InvalidArgument(
-            "page_token", "is not a token this list returned"
-        ) from None
+def _provider_position(position: Any) -> tuple[str, int, str]:
+    route, priority, provider_id = position
+    return (str(route), int(priority), str(provider_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import Env, ServerSettings, load_server_settings
+from shared.config import Env, ServerSettings, database_url, load_server_settings
 
 TIE_BREAKERS = ("none", "latency", "cost")
 
@@ -50,7 +50,7 @@ def load_settings(env: Env | None = None) -> LlmSettings:
     env = env or Env()
     return LlmSettings(
         server=load_server_settings("llm", env),
-        database_url=env.str("LLM_DATABASE_URL", "sqlite:///var/llm.db"),
+        database_url=database_url(env, "llm"),
         policy=load_policy(env),
         health_check_interval_seconds=env.float(
             "LLM_HEALTH_CHECK_INTERVAL_SECONDS", 30.0, minimum=0.0

@@ -152,40 +152,49 @@ class LlmStore:
     async def requests_between(
         self, start_ms: int, end_ms: int, route: str, provider_id: str
     ) -> list[RequestRecord]:
-        sql = (
-            "SELECT request_id, route, time_ms, latency_ms, ok, error_reason,"
-            " provider_id, model, cached, streamed, attempts, input_tokens,"
-            " output_tokens, cost_usd FROM llm_requests"
-            " WHERE time_ms >= %s AND time_ms < %s"
+        rows = await self.db.fetchall(
+            *_window(
+                "SELECT request_id, route, time_ms, latency_ms, ok, error_reason,"
+                " provider_id, model, cached, streamed, attempts, input_tokens,"
+                " output_tokens, cost_usd FROM llm_requests",
+                start_ms,
+                end_ms,
+                route,
+                provider_id,
+            )
         )
-        params: list[object] = [start_ms, end_ms]
-        if route:
-            sql += " AND route = %s"
-            params.append(route)
-        if provider_id:
-            sql += " AND provider_id = %s"
-            params.append(provider_id)
-        rows = await self.db.fetchall(sql, tuple(params))
         return [_request_from_row(row) for row in rows]
 
     async def attempts_between(
         self, start_ms: int, end_ms: int, route: str, provider_id: str
     ) -> list[AttemptRecord]:
-        sql = (
-            "SELECT request_id, attempt, route, provider_id, model, time_ms,"
-            " latency_ms, ok, error_class, http_status, input_tokens,"
-            " output_tokens, cost_usd FROM llm_attempts"
-            " WHERE time_ms >= %s AND time_ms < %s"
+        rows = await self.db.fetchall(
+            *_window(
+                "SELECT request_id, attempt, route, provider_id, model, time_ms,"
+                " latency_ms, ok, error_class, http_status, input_tokens,"
+                " output_tokens, cost_usd FROM llm_attempts",
+                start_ms,
+                end_ms,
+                route,
+                provider_id,
+            )
         )
-        params: list[object] = [start_ms, end_ms]
-        if route:
-            sql += " AND route = %s"
-            params.append(route)
-        if provider_id:
-            sql += " AND provider_id = %s"
-            params.append(provider_id)
-        rows = await self.db.fetchall(sql, tuple(params))
         return [_attempt_from_row(row) for row in rows]
+
+
+def _window(
+    select: str, start_ms: int, end_ms: int, route: str, provider_id: str
+) -> tuple[str, tuple[object, ...]]:
+    """`select` narrowed to [start_ms, end_ms) and, when given, a route and provider."""
+    sql = select + " WHERE time_ms >= %s AND time_ms < %s"
+    params: list[object] = [start_ms, end_ms]
+    if route:
+        sql += " AND route = %s"
+        params.append(route)
+    if provider_id:
+        sql += " AND provider_id = %s"
+        params.append(provider_id)
+    return sql, tuple(params)
 
 
 def _multi_row(

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from empire.llm.v1 import llm_service_pb2 as pb
 from services.llm.models import ChatMessage, CompletionRequest, ProviderConfig
 from services.llm.settings import RouterPolicy
+from shared import pagination
 from shared.errors import InvalidArgument
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -188,7 +189,5 @@ def _message(index: int, message: pb.Message) -> ChatMessage:
     return ChatMessage(role, message.content)  # type: ignore[arg-type]
 
 
-def page_size(value: int, default: int = 50, maximum: int = 500) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or default, maximum)
+def page_size(value: int) -> int:
+    return pagination.page_size(value, default=50, maximum=500)

@@ -116,11 +116,7 @@ class EnvelopeCipher:
     def open(self, key_id: str, version: int, sealed: SealedValue) -> bytes:
         binding = _binding(key_id, version)
         try:
-            data_key = open_with(
-                self.keyring.aead(sealed.master_version),
-                sealed.wrapped_key,
-                b"dek|" + binding,
-            )
+            data_key = self._unwrap(sealed, binding)
             return open_with(data_key, sealed.ciphertext, b"value|" + binding)
         except InvalidTag:
             raise DataLoss(
@@ -134,11 +130,7 @@ class EnvelopeCipher:
         """The same ciphertext with its data key wrapped by master version `target`."""
         binding = _binding(key_id, version)
         try:
-            data_key = open_with(
-                self.keyring.aead(sealed.master_version),
-                sealed.wrapped_key,
-                b"dek|" + binding,
-            )
+            data_key = self._unwrap(sealed, binding)
         except InvalidTag:
             raise DataLoss(
                 "a stored data key failed its integrity check",
@@ -150,6 +142,14 @@ class EnvelopeCipher:
                 self.keyring.aead(target), data_key, b"dek|" + binding
             ),
             ciphertext=sealed.ciphertext,
+        )
+
+    def _unwrap(self, sealed: SealedValue, binding: bytes) -> bytes:
+        """The value's data key; raises InvalidTag if it or its binding was altered."""
+        return open_with(
+            self.keyring.aead(sealed.master_version),
+            sealed.wrapped_key,
+            b"dek|" + binding,
         )
 
 

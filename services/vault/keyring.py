@@ -8,7 +8,6 @@ rotation needs no new deployment secret.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from cryptography.exceptions import InvalidTag
@@ -59,7 +58,3 @@ async def add_key_version(store: VaultStore, root_key: bytes, version: int) -> b
     wrapped = seal_with(root_key, key, _associated(version))
     await store.insert_master_key(version, wrapped, int(time.time() * 1000))
     return key
-
-
-def generate_master_key() -> bytes:
-    return os.urandom(32)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from services.vault.audit import AuditLog
 from services.vault.degraded import DatabaseHealth, ReadCache
 from services.vault.envelope import EnvelopeCipher, derive_key
 from services.vault.fallback import FallbackSecrets
-from services.vault.keyring import generate_master_key, load_keyring
+from services.vault.keyring import load_keyring
 from services.vault.rewrap import MasterKeyRotator
-from services.vault.settings import VaultSettings, decode_master_key, encode_master_key
+from services.vault.settings import VaultSettings
 from services.vault.store import VaultStore, open_store
 from services.vault.vault import SecretVault
+from shared.master_key import development_master_key
 
 logger = logging.getLogger(__name__)
 
@@ -98,21 +98,3 @@ async def open_runtime(settings: VaultSettings) -> VaultRuntime:
         audit_key=audit_key,
         backup_key=derive_key(root_key, "backup"),
     )
-
-
-def development_master_key(path: Path) -> bytes:
-    """The key of a development start, generated once into `path` (mode 0600)."""
-    if path.exists():
-        logger.warning("using the development master key in %s", path)
-        return decode_master_key(path.read_text().strip(), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = generate_master_key()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(encode_master_key(key) + "\n")
-    logger.warning(
-        "no EMPIRE_VAULT_MASTER_KEY or EMPIRE_VAULT_MASTER_KEY_FILE: generated a"
-        " development master key into %s; never use this in production",
-        path,
-    )
-    return key

@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from empire.vault.v1 import vault_service_pb2 as pb
 from empire.vault.v1 import vault_service_pb2_grpc
 from services.vault import backup, validation
@@ -30,6 +28,13 @@ from shared.errors import (
     PermissionDenied,
     Unavailable,
 )
+from shared.pagination import (
+    decode_page_token,
+    encode_page_token,
+    integer_position,
+    text_position,
+)
+from shared.proto_time import epoch_ms, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
             version=plain.version,
             value=plain.value,
             type=plain.secret_type,  # type: ignore[arg-type]
-            create_time=_timestamp(plain.create_time_ms or None),
+            create_time=timestamp(plain.create_time_ms or None),
             stale=plain.stale,
             source=plain.source,
         )
@@ -80,7 +85,9 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         prefix = validation.prefix(request.prefix)
         size = validation.page_size(request.page_size)
         filters = [prefix, request.show_deleted]
-        after = validation.decode_page_token(request.page_token, "secrets", filters)
+        after = decode_page_token(
+            request.page_token, text_position, kind="secrets", filters=filters
+        )
         principal = current_principal()
         async with self._audited(principal, "ListSecrets", prefix):
             principal.require_scope(READ, resource=prefix)
@@ -92,7 +99,7 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
             )
         page, more = records[:size], len(records) > size
         token = (
-            validation.encode_page_token("secrets", filters, page[-1].key_id)
+            encode_page_token(page[-1].key_id, kind="secrets", filters=filters)
             if more
             else ""
         )
@@ -148,8 +155,10 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         size = validation.page_size(request.page_size)
         within = validation.rotation_days(request.within_days, "within_days")
         filters = [prefix, within]
-        after = validation.decode_page_token(request.page_token, "due", filters)
-        position = _due_position(after)
+        after = decode_page_token(
+            request.page_token, _due_position, kind="due", filters=filters
+        )
+        position = after or (-(2**62), "")
         principal = current_principal()
         async with self._audited(principal, "ListDueRotations", prefix):
             principal.require_scope(READ, resource=prefix)
@@ -161,8 +170,8 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         token = ""
         if more:
             last = page[-1]
-            token = validation.encode_page_token(
-                "due", filters, [last.next_rotation_ms, last.key_id]
+            token = encode_page_token(
+                [last.next_rotation_ms, last.key_id], kind="due", filters=filters
             )
         return pb.ListDueRotationsResponse(
             rotations=[_due(record) for record in page], next_page_token=token
@@ -194,22 +203,20 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
             "actor": request.actor,
             "action": request.action,
             "outcome": int(request.outcome),
-            "start_ms": _millis(request.start_time)
+            "start_ms": epoch_ms(request.start_time)
             if request.HasField("start_time")
             else None,
-            "end_ms": _millis(request.end_time)
+            "end_ms": epoch_ms(request.end_time)
             if request.HasField("end_time")
             else None,
         }
-        after = validation.decode_page_token(request.page_token, "audit", filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument(
-                "page_token", "is malformed", reason="PAGE_TOKEN_INVALID"
-            )
+        after = decode_page_token(
+            request.page_token, integer_position, kind="audit", filters=filters
+        )
         events = await self._runtime.store.audit_events(filters, after or 0, size + 1)
         page, more = events[:size], len(events) > size
         token = (
-            validation.encode_page_token("audit", filters, page[-1].sequence)
+            encode_page_token(page[-1].sequence, kind="audit", filters=filters)
             if more
             else ""
         )
@@ -403,24 +410,18 @@ def _check_audit_filters(request: pb.ListAuditEventsRequest) -> None:
     if (
         request.HasField("start_time")
         and request.HasField("end_time")
-        and _millis(request.end_time) < _millis(request.start_time)
+        and epoch_ms(request.end_time) < epoch_ms(request.start_time)
     ):
         raise InvalidArgument(
             "end_time", "must not be before start_time", reason="OUT_OF_RANGE"
         )
 
 
-def _due_position(after: Any) -> tuple[int, str]:
-    if after is None:
-        return (-(2**62), "")
-    if (
-        not isinstance(after, list)
-        or len(after) != 2
-        or not isinstance(after[0], int)
-        or not isinstance(after[1], str)
-    ):
-        raise InvalidArgument("page_token", "is malformed", reason="PAGE_TOKEN_INVALID")
-    return after[0], after[1]
+def _due_position(position: Any) -> tuple[int, str]:
+    due_ms, key_id = position
+    if not isinstance(due_ms, int) or not isinstance(key_id, str):
+        raise TypeError("not a (due time, key id) position")
+    return due_ms, key_id
 
 
 def _snapshot_keyring(
@@ -428,18 +429,6 @@ def _snapshot_keyring(
 ) -> MasterKeyRing | None:
     rows = [(int(row[0]), row[1]) for row in snapshot.tables["vault_master_keys"]]
     return unwrap_keyring(root_key, rows) if rows else None
-
-
-def _timestamp(millis: int | None) -> Timestamp | None:
-    if millis is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromMilliseconds(millis)
-    return stamp
-
-
-def _millis(stamp: Timestamp) -> int:
-    return int(stamp.ToMilliseconds())
 
 
 def _metadata(secret: SecretRecord) -> pb.SecretMetadata:
@@ -450,11 +439,11 @@ def _metadata(secret: SecretRecord) -> pb.SecretMetadata:
         rotation_frequency_days=secret.rotation_frequency_days,
         current_version=secret.current_version,
         oldest_version=secret.oldest_version,
-        create_time=_timestamp(secret.create_time_ms),
-        update_time=_timestamp(secret.update_time_ms),
-        next_rotation_time=_timestamp(secret.next_rotation_ms),
+        create_time=timestamp(secret.create_time_ms),
+        update_time=timestamp(secret.update_time_ms),
+        next_rotation_time=timestamp(secret.next_rotation_ms),
         deleted=secret.deleted,
-        delete_time=_timestamp(secret.delete_time_ms),
+        delete_time=timestamp(secret.delete_time_ms),
     )
 
 
@@ -464,7 +453,7 @@ def _version(record: VersionRecord) -> pb.SecretVersion:
         state=pb.VERSION_STATE_ENABLED
         if record.sealed is not None
         else pb.VERSION_STATE_DESTROYED,
-        create_time=_timestamp(record.create_time_ms),
+        create_time=timestamp(record.create_time_ms),
     )
 
 
@@ -472,8 +461,8 @@ def _due(secret: SecretRecord) -> pb.DueRotation:
     return pb.DueRotation(
         key_id=secret.key_id,
         rotation_frequency_days=secret.rotation_frequency_days,
-        last_rotation_time=_timestamp(secret.update_time_ms),
-        due_time=_timestamp(secret.next_rotation_ms),
+        last_rotation_time=timestamp(secret.update_time_ms),
+        due_time=timestamp(secret.next_rotation_ms),
     )
 
 
@@ -489,7 +478,7 @@ def _progress(progress: Any) -> pb.RewrapProgress:
 def _event(event: AuditRecord) -> pb.AuditEvent:
     return pb.AuditEvent(
         sequence=event.sequence,
-        time=_timestamp(event.time_ms),
+        time=timestamp(event.time_ms),
         actor=event.actor,
         action=event.action,
         key_id=event.key_id,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.config import Env, ServerSettings, SettingsError, load_server_settings
-
-MASTER_KEY_BYTES = 32
+from shared.config import (
+    Env,
+    ServerSettings,
+    database_timeout_seconds,
+    database_url,
+    load_server_settings,
+)
+from shared.master_key import read_master_key
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,8 @@ def load_settings(env: Env | None = None) -> VaultSettings:
     env = env or Env()
     return VaultSettings(
         server=load_server_settings("vault", env),
-        database_url=env.str("VAULT_DATABASE_URL", "sqlite:///var/vault.db"),
-        master_key=_master_key(env),
+        database_url=database_url(env, "vault"),
+        master_key=read_master_key(env, "vault"),
         dev_master_key_file=env.path("VAULT_DEV_MASTER_KEY_FILE")
         or Path("var/vault-master.key"),
         max_versions=env.int("VAULT_MAX_VERSIONS", 10, minimum=1, maximum=1000),
@@ -51,9 +54,7 @@ def load_settings(env: Env | None = None) -> VaultSettings:
         database_probe_seconds=env.float(
             "VAULT_DATABASE_PROBE_SECONDS", 1.0, minimum=0.05, maximum=60.0
         ),
-        database_timeout_seconds=env.float(
-            "VAULT_DATABASE_TIMEOUT_SECONDS", 3.0, minimum=0.1, maximum=60.0
-        ),
+        database_timeout_seconds=database_timeout_seconds(env, "vault"),
         rewrap_batch_size=env.int(
             "VAULT_REWRAP_BATCH_SIZE", 200, minimum=1, maximum=10000
         ),
@@ -69,37 +70,3 @@ def load_settings(env: Env | None = None) -> VaultSettings:
         fallback_dir=env.path("VAULT_FALLBACK_DIR"),
         fallback_env=env.bool("VAULT_FALLBACK_ENV", False),
     )
-
-
-def _master_key(env: Env) -> bytes | None:
-    inline = env.optional_str("VAULT_MASTER_KEY")
-    if inline is not None:
-        return decode_master_key(inline, "EMPIRE_VAULT_MASTER_KEY")
-    path = env.path("VAULT_MASTER_KEY_FILE")
-    if path is None:
-        return None
-    try:
-        text = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SettingsError(
-            "EMPIRE_VAULT_MASTER_KEY_FILE: cannot read the file"
-            f" ({type(error).__name__})"
-        ) from None
-    return decode_master_key(text, "EMPIRE_VAULT_MASTER_KEY_FILE")
-
-
-def decode_master_key(text: str, variable: str) -> bytes:
-    """The 32-byte key in standard or URL-safe base64; never echoes the value."""
-    try:
-        key = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{variable}: expected base64 of 32 bytes") from None
-    if len(key) != MASTER_KEY_BYTES:
-        raise SettingsError(
-            f"{variable}: expected base64 of 32 bytes, got {len(key)} bytes"
-        )
-    return key
-
-
-def encode_master_key(key: bytes) -> str:
-    return base64.b64encode(key).decode()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Mapping
-from typing import Any
 
+from shared import pagination
 from shared.errors import InvalidArgument
 
 MAX_KEY_ID_LENGTH = 256
@@ -102,31 +99,10 @@ def version(value: int, field: str = "version") -> int:
 
 
 def page_size(value: int, field: str = "page_size") -> int:
-    if not 0 <= value <= MAX_PAGE_SIZE:
-        raise InvalidArgument(
-            field, f"must be 0 to {MAX_PAGE_SIZE}", reason="OUT_OF_RANGE"
-        )
-    return value or DEFAULT_PAGE_SIZE
-
-
-def encode_page_token(kind: str, filters: Any, position: Any) -> str:
-    document = json.dumps({"k": kind, "f": filters, "p": position})
-    return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, kind: str, filters: Any) -> Any:
-    """The position in a page token, or None for the first page."""
-    if not token:
-        return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        document = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if document["k"] != kind or document["f"] != filters:
-            raise ValueError("token for another listing")
-        return document["p"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidArgument(
-            "page_token",
-            "is not a token this listing returned with the same filters",
-            reason="PAGE_TOKEN_INVALID",
-        ) from None
+    return pagination.page_size(
+        value,
+        default=DEFAULT_PAGE_SIZE,
+        maximum=MAX_PAGE_SIZE,
+        over_maximum="reject",
+        field=field,
+    )
