@@ -8,7 +8,6 @@ per-call interceptor chain, keeps the overhead to one extra coroutine frame.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
@@ -98,7 +97,7 @@ class ServerInterceptor:
         principal.require_scope(rule.scope)
         return principal
 
-    async def abort(self, context: Any, error: Exception) -> None:
+    async def abort(self, context: Any, error: BaseException) -> None:
         if isinstance(error, EmpireError):
             status = rpc_status.to_status(to_rich_status(error, self._service))
         else:
@@ -156,15 +155,11 @@ class _Call:
                 subject = principal.subject
                 set_current_principal(principal)
                 return await behaviour(request, context)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except BaseException as error:
+                code = _code_seen_by_caller(error, context)
+                if _needs_mapping(error):
+                    await self._owner.abort(context, error)  # raises AbortError
                 raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                code = _code_of(error)
-                await self._owner.abort(context, error)
             finally:
                 self._owner.record(self._method, code, started, subject)
 
@@ -184,20 +179,27 @@ class _Call:
                         yield item
                 else:
                     await result
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except BaseException as error:
+                code = _code_seen_by_caller(error, context)
+                if _needs_mapping(error):
+                    await self._owner.abort(context, error)  # raises AbortError
                 raise
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as error:
-                code = _code_of(error)
-                await self._owner.abort(context, error)
             finally:
                 self._owner.record(self._method, code, started, subject)
 
         return streaming
 
 
-def _code_of(error: Exception) -> grpc.StatusCode:
-    return error.code if isinstance(error, EmpireError) else grpc.StatusCode.INTERNAL
+def _needs_mapping(error: BaseException) -> bool:
+    """True for errors the interceptor turns into a status itself."""
+    return isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError)
+
+
+def _code_seen_by_caller(error: BaseException, context: Any) -> grpc.StatusCode:
+    if isinstance(error, grpc.aio.AbortError):
+        return context.code() or grpc.StatusCode.UNKNOWN
+    if isinstance(error, EmpireError):
+        return error.code
+    if isinstance(error, Exception):
+        return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.CANCELLED  # CancelledError, GeneratorExit
