@@ -1,4 +1,4 @@
-"""`make bench`: the echo ceiling first, then every service's rows as ratios to it."""
+"""`make bench`: the echo baselines, then every service's rows beside them."""
 
 from __future__ import annotations
 
@@ -19,24 +19,18 @@ async def main(selected: list[str]) -> None:
     # Access lines are formatted and written as in production, but to
     # /dev/null: their cost is measured, the terminal's is not.
     configure_logging("INFO", open(os.devnull, "w"))  # noqa: SIM115
-    report = Report()
-    report.ceiling = await bench_echo.measure_ceiling()  # type: ignore[assignment]
-    report.row("echo ceiling: plain grpc.aio, no interceptor", report.ceiling)
-    await bench_echo.run(report)
-
-    for name in SERVICE_BENCHES:
-        if selected and name not in selected:
-            continue
-        try:
+    began = time.perf_counter()
+    async with bench_echo.running_echoes() as echoes:
+        report = Report(echoes)
+        await bench_echo.run(report)
+        for name in SERVICE_BENCHES:
+            if selected and name not in selected:
+                continue
+            started = time.perf_counter()
             module = importlib.import_module(f"bench.bench_{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"bench.bench_{name}":
-                raise
-            print(f"-- {name}: no benchmark yet", flush=True)
-            continue
-        started = time.perf_counter()
-        await module.run(report)
-        print(f"-- {name} done in {time.perf_counter() - started:.0f}s", flush=True)
+            await module.run(report)
+            print(f"-- {name} done in {time.perf_counter() - started:.0f}s", flush=True)
+    print(f"-- whole run {time.perf_counter() - began:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ import asyncio
 import base64
 import secrets
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import grpc
 
-from bench.loadgen import SCALE, Result, measure, summarize
+from bench.bench_echo import CEILING
+from bench.loadgen import alternate
 from bench.report import Report
 from empire.vault.v1 import vault_service_pb2, vault_service_pb2_grpc
 from services.auth.api_key_format import generate_api_key
@@ -114,22 +113,30 @@ async def _measure(report: Report, stack: Stack, token: str) -> None:
         def gateway_call():  # noqa: ANN202
             return via_gateway.GetSecret(request, metadata=metadata)
 
-        base = await measure(direct_call)
-        report.row("vault GetSecret, direct gRPC (32 in flight)", base, report.ceiling)
+        results = await report.echoes.beside(
+            {"direct": direct_call, "grpc": gateway_call, "rest": over_rest}
+        )
+        base = results["direct"]
+        report.row(
+            "vault GetSecret, direct gRPC (32 in flight)", base, results[CEILING]
+        )
         report.row(
             "vault GetSecret via Envoy, gRPC",
-            await measure(gateway_call),
+            results["grpc"],
             base,
             baseline_name="direct gRPC",
         )
         report.row(
             "vault GetSecret via Envoy, REST/JSON",
-            await measure(over_rest),
+            results["rest"],
             base,
             baseline_name="direct gRPC",
         )
 
-        serial_direct, serial_gateway = await _paired(direct_call, gateway_call)
+        serial = await alternate(
+            {"direct": direct_call, "gateway": gateway_call}, concurrency=1
+        )
+        serial_direct, serial_gateway = serial["direct"], serial["gateway"]
         report.row("vault GetSecret, direct gRPC (1 in flight)", serial_direct)
         ratio = serial_gateway.p50_ms / serial_direct.p50_ms
         report.row(
@@ -143,27 +150,3 @@ async def _measure(report: Report, stack: Stack, token: str) -> None:
             serial_direct,
             baseline_name="direct gRPC",
         )
-
-
-async def _paired(
-    first: Callable[[], Awaitable[object]],
-    second: Callable[[], Awaitable[object]],
-    count: int = 400,
-) -> tuple[Result, Result]:
-    """One call at a time, alternating the two paths, so that the load other
-    processes put on the machine weighs on both alike."""
-    count = max(20, int(count * SCALE))
-    for _ in range(20):
-        await first()
-        await second()
-    timings: tuple[list[float], list[float]] = ([], [])
-    for _ in range(count):
-        for call, latencies in ((first, timings[0]), (second, timings[1])):
-            begin = time.perf_counter()
-            await call()
-            latencies.append(time.perf_counter() - begin)
-    # Each path's calls per second of its own time.
-    return (
-        summarize(timings[0], 0, sum(timings[0])),
-        summarize(timings[1], 0, sum(timings[1])),
-    )

@@ -7,80 +7,79 @@ import contextlib
 import itertools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
-import psycopg
 import psycopg_pool
 
-from bench.loadgen import Result, measure
+from bench.bench_echo import CEILING
+from bench.databases import fresh_postgres
+from bench.loadgen import Call
 from bench.report import Report
 from empire.vault.v1 import vault_service_pb2 as pb
 from shared.clients import bearer
-from tests.harness.db_fixtures import DEFAULT_DATABASE_URL, fresh_postgres_database
 from tests.harness.tokens import LocalIssuer
 from tests.vault.conftest import RunningVault, running_vault, vault_settings
 
 KEY_ID = "llm/openai"
 VALUE = b"sk-" + b"x" * 48
 CONCURRENCY = 32
+WRITE_KEYS = 256  # writes spread over this many key ids
+RAW_SELECT = "raw psycopg primary-key SELECT"
 
 
 async def run(report: Report) -> None:
     issuer = LocalIssuer()
-    with _postgres_url() as postgres_url:
+    with fresh_postgres("vault") as postgres_url:
         if postgres_url is not None:
             settings = vault_settings(postgres_url, os.urandom(32))
-            async with running_vault(settings, issuer) as vault:
-                get = await _get_rows(report, vault, "PostgreSQL")
-                raw = await _raw_select(postgres_url)
-                report.row(
-                    "raw psycopg primary-key SELECT (PostgreSQL)", raw, report.ceiling
-                )
-                report.row(
-                    "vault GetSecret vs raw SELECT (PostgreSQL)",
-                    get,
-                    raw,
-                    baseline_name="raw psycopg SELECT",
-                )
-                await _put_row(report, vault, "PostgreSQL")
+            async with (
+                running_vault(settings, issuer) as vault,
+                _raw_select(postgres_url) as select,
+            ):
+                await _rows(report, vault, "PostgreSQL", select)
     with tempfile.TemporaryDirectory() as directory:
         settings = vault_settings(f"sqlite:///{directory}/vault.db", os.urandom(32))
         async with running_vault(settings, issuer) as vault:
-            await _get_rows(report, vault, "SQLite")
-            await _put_row(report, vault, "SQLite")
+            await _rows(report, vault, "SQLite", None)
 
 
-async def _get_rows(report: Report, vault: RunningVault, store: str) -> Result:
+async def _rows(
+    report: Report, vault: RunningVault, store: str, select: Call | None
+) -> None:
+    """GetSecret and PutSecret (and the raw SELECT) in turns with the ceiling."""
     await vault.client.put(KEY_ID, VALUE)
-    stub = vault.client.stub
-    metadata = (bearer(vault.client.issuer.token(["secrets:read:llm/"])),)
-    request = pb.GetSecretRequest(key_id=KEY_ID)
-    result = await measure(
-        lambda: stub.GetSecret(request, metadata=metadata), concurrency=CONCURRENCY
-    )
-    ceiling = report.ceiling
-    note = ""
-    if ceiling is not None and ceiling.p99_ms:
-        note = f"p99 {result.p99_ms / ceiling.p99_ms:.1f}x echo p99"
-    report.row(f"vault GetSecret gRPC ({store})", result, ceiling, note=note)
-    return result
-
-
-async def _put_row(report: Report, vault: RunningVault, store: str) -> None:
-    stub = vault.client.stub
-    metadata = (bearer(vault.client.issuer.token(["secrets:write"])),)
-    # Spread over many key ids so version pruning is part of the steady state.
-    keys = itertools.cycle([f"bench/k{number}" for number in range(256)])
-    result = await measure(
-        lambda: stub.PutSecret(
-            pb.PutSecretRequest(key_id=next(keys), value=VALUE), metadata=metadata
+    stub, issuer = vault.client.stub, vault.client.issuer
+    read = (bearer(issuer.token(["secrets:read:llm/"])),)
+    write = (bearer(issuer.token(["secrets:write"])),)
+    get = pb.GetSecretRequest(key_id=KEY_ID)
+    # Many key ids, so version pruning is part of the steady state.
+    keys = itertools.cycle([f"bench/k{number}" for number in range(WRITE_KEYS)])
+    calls: dict[str, Call] = {
+        "get": lambda: stub.GetSecret(get, metadata=read),
+        "put": lambda: stub.PutSecret(
+            pb.PutSecretRequest(key_id=next(keys), value=VALUE), metadata=write
         ),
-        concurrency=CONCURRENCY,
-    )
-    report.row(f"vault PutSecret gRPC ({store})", result, report.ceiling)
+    }
+    if select is not None:
+        calls["select"] = select
+    results = await report.echoes.beside(calls, concurrency=CONCURRENCY)
+
+    ceiling, got = results[CEILING], results["get"]
+    note = f"p99 {got.p99_ms / ceiling.p99_ms:.1f}x echo p99" if ceiling.p99_ms else ""
+    report.row(f"vault GetSecret gRPC ({store})", got, ceiling, note=note)
+    if select is not None:
+        report.row(f"{RAW_SELECT} ({store})", results["select"], ceiling)
+        report.row(
+            f"vault GetSecret vs raw SELECT ({store})",
+            got,
+            results["select"],
+            baseline_name="raw psycopg SELECT",
+        )
+    report.row(f"vault PutSecret gRPC ({store})", results["put"], ceiling)
 
 
-async def _raw_select(url: str) -> Result:
+@contextlib.asynccontextmanager
+async def _raw_select(url: str) -> AsyncIterator[Call]:
     """The same row read with a bare pooled psycopg SELECT: no gRPC, no crypto."""
     sql = (
         "SELECT v.wrapped_key, v.ciphertext FROM vault_secrets s"
@@ -96,18 +95,4 @@ async def _raw_select(url: str) -> Result:
                 cursor = await conn.execute(sql, (KEY_ID,))
                 await cursor.fetchone()
 
-        return await measure(select, concurrency=CONCURRENCY)
-
-
-@contextlib.contextmanager
-def _postgres_url() -> Iterator[str | None]:
-    admin_url = os.environ.get("EMPIRE_TEST_DATABASE_URL") or DEFAULT_DATABASE_URL
-    try:
-        with psycopg.connect(admin_url, connect_timeout=3):
-            pass
-    except psycopg.Error:
-        print("-- vault: PostgreSQL unreachable; its rows are skipped", flush=True)
-        yield None
-        return
-    with fresh_postgres_database(admin_url) as url:
-        yield url
+        yield select

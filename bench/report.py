@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench.loadgen import Result
+
+if TYPE_CHECKING:
+    from bench.bench_echo import Echoes
+
+NAME_WIDTH = 52
+CEILING_NAME = "echo ceiling"
 
 
 class Report:
-    def __init__(self) -> None:
-        self.ceiling: Result | None = None
-        self.rows: list[tuple[str, Result, Result | None, str]] = []
+    def __init__(self, echoes: Echoes) -> None:
+        # The echo servers every module interleaves its headline figures with.
+        self.echoes = echoes
         print(
-            f"{'figure':<52} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
-            f"   {'baseline':<28} {'ratio':>7}"
+            f"{'figure':<{NAME_WIDTH}} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
+            f"   {'baseline (same slices)':<28} {'ratio':>7}",
+            flush=True,
         )
 
     def row(
@@ -20,21 +29,28 @@ class Report:
         result: Result,
         baseline: Result | None = None,
         *,
-        baseline_name: str = "echo ceiling",
+        baseline_name: str = CEILING_NAME,
         note: str = "",
     ) -> None:
-        """Print `result`; with a baseline, its throughput ratio to it."""
-        self.rows.append((name, result, baseline, note))
-        ratio = ""
-        if baseline is not None and baseline.rps:
-            ratio = f"{result.rps / baseline.rps:6.0%}"
+        """Print `result`; with a baseline, its throughput ratio to it.
+
+        Against the ceiling the baseline column also says what the ceiling
+        measured in those slices, since it drifts through a run.
+        """
+        ratio = label = ""
+        if baseline is not None:
+            label = baseline_name
+            if baseline_name == CEILING_NAME:
+                label = f"{CEILING_NAME} {baseline.rps:.0f} rps"
+            if baseline.rps:
+                ratio = f"{result.rps / baseline.rps:6.0%}"
         errors = f"  ({result.errors} errors)" if result.errors else ""
-        label = baseline_name if baseline is not None else ""
-        print(
-            f"{name:<52} {result.rps:>9.0f} {result.p50_ms:>8.3f} {result.p99_ms:>8.3f}"
-            f"   {label:<28} {ratio:>7}{errors}" + (f"  {note}" if note else ""),
-            flush=True,
+        line = (
+            f"{name:<{NAME_WIDTH}} {result.rps:>9.0f} {result.p50_ms:>8.3f}"
+            f" {result.p99_ms:>8.3f}   {label:<28} {ratio:>7}{errors}"
+            + (f"  {note}" if note else "")
         )
+        print(line.rstrip(), flush=True)
 
     def latency_row(
         self, name: str, result: Result, baseline: Result, *, baseline_name: str
@@ -43,7 +59,11 @@ class Report:
         added_p50 = result.p50_ms - baseline.p50_ms
         added_p99 = result.p99_ms - baseline.p99_ms
         print(
-            f"{name:<52} added p50 {added_p50:.3f} ms, p99 {added_p99:.3f} ms"
+            f"{name:<{NAME_WIDTH}} added p50 {added_p50:.3f} ms, p99 {added_p99:.3f} ms"
             f" over {baseline_name} (p50 {baseline.p50_ms:.3f} ms)",
             flush=True,
         )
+
+    def line(self, name: str, text: str) -> None:
+        """A row that is not a throughput figure (a hit ratio, a missing peer)."""
+        print(f"{name:<{NAME_WIDTH}} {text}", flush=True)

@@ -1,7 +1,7 @@
 """Runs inside `bench/.venv-peers`: LiteLLM's Router (and proxy) against the fake.
 
 Every figure is taken in alternating slices with a direct `openai` SDK call
-from this same interpreter (`bench.peers.paired`, found through PYTHONPATH),
+from this same interpreter (`bench.loadgen`, found through PYTHONPATH),
 so LiteLLM's added latency is measured against a baseline that shares its
 process and its moment. Prints one JSON object: figure -> [direct, through].
 
@@ -12,39 +12,18 @@ Usage: python litellm_peer.py BASE_URL MODEL CONCURRENCY [PROXY_URL]
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import litellm
 from openai import AsyncOpenAI
 
-from bench.peers.paired import alternate
+from bench.loadgen import alternate
+from bench.sdk_calls import MESSAGES, Calls, sdk_calls
 
-MESSAGES = [{"role": "user", "content": "hello"}]
 ROUTE = "chat"
-
-Call = Callable[[], Awaitable[object]]
-Calls = tuple[Call, Call]  # (plain, streamed)
-
-
-def sdk_calls(client: AsyncOpenAI, model: str) -> Calls:
-    async def plain() -> None:
-        await client.chat.completions.create(model=model, messages=MESSAGES)  # type: ignore[arg-type]
-
-    async def streamed() -> None:
-        stream = await client.chat.completions.create(
-            model=model,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            stream=True,
-        )
-        async for _ in stream:  # type: ignore[union-attr]
-            pass
-
-    return plain, streamed
 
 
 def router_calls(router: Any) -> Calls:
@@ -65,8 +44,14 @@ async def figures(
     results = {}
     for mode, in_flight in (("serial", 1), ("loaded", concurrency)):
         for kind, index in (("plain", 0), ("streamed", 1)):
-            pair = await alternate(direct[index], through[index], concurrency=in_flight)
-            results[f"{side}_{kind}_{mode}"] = [dataclasses.asdict(r) for r in pair]
+            pair = await alternate(
+                {"direct": direct[index], "through": through[index]},
+                concurrency=in_flight,
+            )
+            results[f"{side}_{kind}_{mode}"] = [
+                pair["direct"].summary(),
+                pair["through"].summary(),
+            ]
     return results
 
 

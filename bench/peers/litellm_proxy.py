@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.peers.processes import free_port, stop, wait_for_port
+from bench.processes import free_port, stop, wait_for_port
 
 START_TIMEOUT_S = 120.0
 

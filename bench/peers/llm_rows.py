@@ -11,47 +11,41 @@ baseline of its own process, one call at a time and with calls in flight.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from bench.loadgen import Result
+from bench.llm_calls import (
+    KINDS,
+    MODEL,
+    REPO,
+    direct_calls,
+    fake_provider,
+    running_llm,
+    service_calls,
+)
+from bench.loadgen import Result, alternate
 from bench.peers.env import PeerEnv
 from bench.peers.litellm_proxy import running_proxy
-from bench.peers.paired import alternate
-from bench.peers.processes import stop
 from bench.peers.rows import added_ratio, unavailable
 from bench.report import Report
-from empire.llm.v1 import llm_service_pb2 as pb
-from tests.harness.tokens import LocalIssuer
-from tests.llm.harness import RunningLlm, seconds, start_llm
 
-MODEL = "fake-model"
 CONCURRENCY = 16
-REPO = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("litellm_peer.py")
 PEER_TIMEOUT_S = 300.0
-MESSAGES = [{"role": "user", "content": "hello"}]
-KINDS = ("plain", "streamed")
 MODES = {"serial": "serial", "loaded": f"x{CONCURRENCY}"}  # one at a time, or in flight
 
 Pair = tuple[Result, Result]  # (direct SDK baseline, through the router)
 Figures = dict[str, Pair]  # "<kind>_<mode>" or "<side>_<kind>_<mode>" -> pair
-Call = Callable[[], Awaitable[object]]
-Calls = tuple[Call, Call]  # (plain, streamed)
-Metadata = tuple[tuple[str, str], ...]
 
 
 async def run(report: Report, peers: PeerEnv) -> None:
-    with _fake_provider() as base_url:
+    with fake_provider() as base_url:
         ours = await _ours(base_url)
         theirs, why = await asyncio.to_thread(_theirs, peers, base_url)
     for mode, label in MODES.items():
@@ -90,91 +84,22 @@ async def _ours(base_url: str) -> Figures:
     direct = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     figures: Figures = {}
     with tempfile.TemporaryDirectory() as directory:
-        async with _service(base_url, f"sqlite:///{directory}/llm.db") as llm:
-            baseline = _direct_calls(direct)
-            through = _service_calls(llm, llm.client.metadata())
+        async with running_llm(base_url, f"sqlite:///{directory}/llm.db") as llm:
+            baseline = direct_calls(direct)
+            through = service_calls(llm.client)
             # The same order and slices as litellm_peer.py uses on its side.
             for mode, in_flight in (("serial", 1), ("loaded", CONCURRENCY)):
                 for index, kind in enumerate(KINDS):
-                    figures[f"{kind}_{mode}"] = await alternate(
-                        baseline[index], through[index], concurrency=in_flight
+                    results = await alternate(
+                        {"direct": baseline[index], "through": through[index]},
+                        concurrency=in_flight,
+                    )
+                    figures[f"{kind}_{mode}"] = (
+                        results["direct"],
+                        results["through"],
                     )
     await direct.close()
     return figures
-
-
-def _direct_calls(client: AsyncOpenAI) -> Calls:
-    async def plain() -> None:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
-
-    async def streamed() -> None:
-        stream = await client.chat.completions.create(
-            model=MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            stream=True,
-        )
-        async for _ in stream:  # type: ignore[union-attr]
-            pass
-
-    return plain, streamed
-
-
-def _service_calls(llm: RunningLlm, metadata: Metadata) -> Calls:
-    message = pb.Message(role=pb.ROLE_USER, content="hello")
-    plain_request = pb.CompleteRequest(route="chat", messages=[message])
-    stream_request = pb.StreamCompleteRequest(route="chat", messages=[message])
-    stub = llm.client.stub
-
-    async def plain() -> None:
-        await stub.Complete(plain_request, metadata=metadata)
-
-    async def streamed() -> None:
-        async for _ in stub.StreamComplete(stream_request, metadata=metadata):
-            pass
-
-    return plain, streamed
-
-
-@contextlib.asynccontextmanager
-async def _service(base_url: str, database_url: str) -> AsyncIterator[RunningLlm]:
-    """Our llm service with one OpenAI provider: the fake, on route "chat"."""
-    async for llm in start_llm(LocalIssuer(), database_url):
-        # Generous timeouts: a loaded machine must not turn into failovers.
-        await llm.client.put(
-            "fake",
-            None,
-            route="chat",
-            kind=pb.PROVIDER_KIND_OPENAI,
-            endpoint=base_url,
-            model=MODEL,
-            request_timeout=seconds(30),
-            first_token_timeout=seconds(30),
-            stream_idle_timeout=seconds(30),
-        )
-        yield llm
-
-
-@contextlib.contextmanager
-def _fake_provider() -> Iterator[str]:
-    """The fake OpenAI provider in its own process, so neither side pays its CPU."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.fake_providers", "openai"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=REPO,
-    )
-    try:
-        assert process.stdout is not None
-        base_url = process.stdout.readline().decode().strip()
-        if not base_url.startswith("http://127.0.0.1:"):
-            raise RuntimeError("the fake provider did not start")
-        yield base_url
-    finally:
-        if process.stdin is not None:
-            process.stdin.close()  # the fake serves until its stdin closes
-        stop(process, grace=5.0)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def _theirs(peers: PeerEnv, base_url: str) -> tuple[Figures | None, dict[str, str]]:
@@ -184,7 +109,7 @@ def _theirs(peers: PeerEnv, base_url: str) -> tuple[Figures | None, dict[str, st
         return None, {"router": reason, "proxy": reason}
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),  # for bench.peers.paired, the shared slicing
+        "PYTHONPATH": str(REPO),  # for bench.loadgen, the shared slicing
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch from the internet
         "LITELLM_LOG": "ERROR",
         # The proxy refuses to start open; the peer script presents this key.

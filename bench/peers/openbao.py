@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.peers.processes import free_port, stop
+from bench.processes import free_port, stop
 
 START_TIMEOUT_S = 30.0
 

@@ -16,17 +16,16 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
-import psycopg
-
-from bench.loadgen import measure
+from bench.bench_echo import CEILING
+from bench.databases import postgres_admin_url
+from bench.loadgen import Call, alternate
 from bench.peers.env import PeerEnv
 from bench.peers.openbao import OpenBaoKv, dev_server, postgres_server
-from bench.peers.paired import Call, alternate
 from bench.peers.rows import latency_ratio, unavailable
 from bench.report import Report
 from empire.vault.v1 import vault_service_pb2 as pb
 from shared.clients import bearer
-from tests.harness.db_fixtures import DEFAULT_DATABASE_URL, fresh_postgres_database
+from tests.harness.db_fixtures import fresh_postgres_database
 from tests.harness.tokens import LocalIssuer
 from tests.vault.conftest import running_vault, vault_settings
 
@@ -50,7 +49,7 @@ async def run(report: Report, peers: PeerEnv) -> None:
             ("in-memory dev", None if bao is None else dev_server(bao)),
             why,
         )
-    admin_url = _postgres_admin_url()
+    admin_url = postgres_admin_url()
     if admin_url is None:
         print("-- peers: PostgreSQL unreachable; its vault rows are skipped")
         return
@@ -80,18 +79,25 @@ async def _pairing(
                 why = f"bao server ({bao_store}): {error}"
         for index, (verb, rpc) in enumerate(OPERATIONS):
             unavailable(f"OpenBao KV v2 {verb} ({bao_store})", why)
-            result = await measure(our_calls[index], concurrency=CONCURRENCY)
-            report.row(f"vault {rpc} ({store}), beside no peer", result, report.ceiling)
+            results = await report.echoes.beside(
+                {"ours": our_calls[index]}, concurrency=CONCURRENCY
+            )
+            report.row(
+                f"vault {rpc} ({store}), beside no peer",
+                results["ours"],
+                results[CEILING],
+            )
 
 
 async def _side_by_side(
     report: Report, store: str, ours: Calls, bao_store: str, theirs: Calls
 ) -> None:
     for index, (verb, rpc) in enumerate(OPERATIONS):
-        bao, vault = await alternate(
-            theirs[index], ours[index], concurrency=CONCURRENCY
+        results = await alternate(
+            {"bao": theirs[index], "vault": ours[index]}, concurrency=CONCURRENCY
         )
-        report.row(f"OpenBao KV v2 {verb} ({bao_store})", bao, report.ceiling)
+        bao, vault = results["bao"], results["vault"]
+        report.row(f"OpenBao KV v2 {verb} ({bao_store})", bao)
         report.row(
             f"vault {rpc} ({store}) vs OpenBao {verb}",
             vault,
@@ -135,16 +141,6 @@ async def _our_vault(database_url: str) -> AsyncIterator[Calls]:
                 metadata=metadata,
             ),
         )
-
-
-def _postgres_admin_url() -> str | None:
-    """The PostgreSQL server the tests use, if it answers."""
-    admin_url = os.environ.get("EMPIRE_TEST_DATABASE_URL") or DEFAULT_DATABASE_URL
-    try:
-        with psycopg.connect(admin_url, connect_timeout=3):
-            return admin_url
-    except psycopg.Error:
-        return None
 
 
 def _key_cycle() -> itertools.cycle[str]:

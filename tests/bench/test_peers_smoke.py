@@ -1,5 +1,5 @@
 """The peer comparison without the peers: what it prints when one is missing,
-how it reuses an installed environment, and how it takes turns between calls.
+and how it reuses an installed environment.
 
 Nothing here installs a peer; `python -m bench peers` does that, once.
 """
@@ -12,18 +12,16 @@ from pathlib import Path
 import pytest
 
 import bench.loadgen
-import bench.peers.paired
+from bench.bench_echo import running_echoes
 from bench.peers import env as peer_env
 from bench.peers import llm_rows, vault_rows
 from bench.peers.env import PeerEnv
-from bench.peers.paired import alternate
 from bench.report import Report
 
 
 @pytest.fixture(autouse=True)
 def short_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench.loadgen, "SCALE", 0.05)
-    monkeypatch.setattr(bench.peers.paired, "SCALE", 0.05)
 
 
 def no_peers(why: str) -> PeerEnv:
@@ -35,7 +33,8 @@ def no_peers(why: str) -> PeerEnv:
 async def test_missing_openbao_prints_why_beside_our_vault_rows(
     postgres_admin_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await vault_rows.run(Report(), no_peers("no wheel for this platform"))
+    async with running_echoes() as echoes:
+        await vault_rows.run(Report(echoes), no_peers("no wheel for this platform"))
 
     lines = capsys.readouterr().out.splitlines()
     for verb, rpc in (("read", "GetSecret"), ("write", "PutSecret")):
@@ -52,7 +51,8 @@ async def test_missing_openbao_prints_why_beside_our_vault_rows(
 async def test_missing_litellm_prints_why_beside_our_llm_rows(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await llm_rows.run(Report(), no_peers("pip said no"))
+    async with running_echoes() as echoes:
+        await llm_rows.run(Report(echoes), no_peers("pip said no"))
 
     lines = capsys.readouterr().out.splitlines()
     for label in ("plain, serial", "streamed, serial", "plain, x16", "streamed, x16"):
@@ -111,25 +111,3 @@ def test_a_peer_that_fails_to_install_is_missing_with_the_reason(
     assert "ERROR: No matching distribution" in peers.missing["openbao"]
     assert peers.installed == {}
     assert peers.bao_binary() is None
-
-
-async def test_alternate_takes_turns_and_counts_errors_apart() -> None:
-    order: list[str] = []
-
-    async def first() -> None:
-        order.append("first")
-
-    async def second() -> None:
-        order.append("second")
-        if len(order) % 2:
-            raise RuntimeError("some calls fail")
-
-    one, two = await alternate(first, second, concurrency=2, slices=3)
-
-    assert one.calls > 0 and one.errors == 0
-    assert two.calls > 0 and two.errors > 0
-    # A warm-up turn each, then three slices each: seven changes of side.
-    turns = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
-    assert turns == 7
-    # Warm-up calls are made but not timed.
-    assert one.calls < order.count("first")

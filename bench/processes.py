@@ -1,4 +1,4 @@
-"""Small helpers for the peers' server processes: a free port, readiness, stop."""
+"""Helpers for the server processes a bench starts: a free port, readiness, stop."""
 
 from __future__ import annotations
 
