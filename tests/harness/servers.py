@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 from shared.authn import TokenVerifier
 from shared.config import Env, ServerSettings, load_server_settings
 from shared.server import RunningServer, Service, start_server
 
 
-def test_server_settings(service_name: str, **overrides: object) -> ServerSettings:
+def test_server_settings(service_name: str, **overrides: Any) -> ServerSettings:
     """Server settings on ports 0 with a short grace, from an empty environment."""
     settings = load_server_settings(service_name, Env({}))
     return dataclasses.replace(
