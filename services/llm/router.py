@@ -34,6 +34,7 @@ from services.llm.models import (
     StreamEnd,
 )
 from services.llm.pool import ClientPool
+from services.llm.redaction import redact_failure
 from services.llm.registry import ProviderRegistry
 from services.llm.settings import RouterPolicy
 from services.llm.store import AttemptRecord
@@ -334,7 +335,9 @@ class ProviderRouter:
             if silent is ErrorClass.STREAM_STALLED:
                 return ProviderFailure(silent, "the stream stalled")
             return ProviderFailure(silent, "the provider did not answer in time")
-        return classify(error)
+        # Before the failure is logged, shown in health or sent to the caller.
+        prompt = (message.content for message in run.request.messages)
+        return redact_failure(classify(error), prompt)
 
     def _settle_failure(
         self,

@@ -41,6 +41,7 @@ class Fault:
     delay: float = 0.0
     after_chunks: int = 2
     hold_open: bool = False
+    quote_prompt: bool = False
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
@@ -64,9 +65,10 @@ def context_length() -> Fault:
     return Fault("context_length", status=400)
 
 
-def content_policy() -> Fault:
-    """HTTP 400 refusing the prompt on content-policy grounds."""
-    return Fault("content_policy", status=400)
+def content_policy(quote_prompt: bool = False) -> Fault:
+    """HTTP 400 refusing the prompt on content-policy grounds; with
+    `quote_prompt`, the refusal quotes the last message, as some providers do."""
+    return Fault("content_policy", status=400, quote_prompt=quote_prompt)
 
 
 def reset_before_headers() -> Fault:
@@ -274,7 +276,7 @@ class FakeProvider:
         if self.api_key is not None and _presented_key(request) != self.api_key:
             return self._error(401, "authentication_error", "invalid api key")
         if fault is not None and fault.kind in _ERROR_FAULTS:
-            return self._fault_error(fault)
+            return self._fault_error(fault, body)
         if (
             self.context_window is not None
             and _count_tokens(body) > self.context_window
@@ -294,7 +296,9 @@ class FakeProvider:
             )
         return None
 
-    def _fault_error(self, fault: Fault) -> web.Response:
+    def _fault_error(
+        self, fault: Fault, body: dict[str, Any] | None = None
+    ) -> web.Response:
         if fault.kind == "rate_limited":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return self._error(429, "rate_limit_error", "rate limited", headers)
@@ -304,7 +308,8 @@ class FakeProvider:
             return self._error(401, "authentication_error", "invalid api key")
         if fault.kind == "context_length":
             return self._context_length_error()
-        return self._content_policy_error()
+        quoted = _last_message_text(body) if fault.quote_prompt and body else ""
+        return self._content_policy_error(quoted)
 
     def _context_length_error(self) -> web.Response:
         if self.flavor == "openai":
@@ -322,18 +327,19 @@ class FakeProvider:
             f"prompt is too long: tokens > {self.context_window or 200000} maximum",
         )
 
-    def _content_policy_error(self) -> web.Response:
+    def _content_policy_error(self, quoted: str = "") -> web.Response:
+        flagged = f' Flagged input: "{quoted}".' if quoted else ""
         if self.flavor == "openai":
             return self._error(
                 400,
                 "invalid_request_error",
-                "Your request was rejected as a result of our safety system.",
+                "Your request was rejected as a result of our safety system." + flagged,
                 code="content_policy_violation",
             )
         return self._error(
             400,
             "invalid_request_error",
-            "Output blocked by content filtering policy",
+            "Output blocked by content filtering policy." + flagged,
         )
 
     def _error(
@@ -581,6 +587,14 @@ _ERROR_FAULTS = {
     "context_length",
     "content_policy",
 }
+
+
+def _last_message_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or [{}]
+    content = messages[-1].get("content")
+    if isinstance(content, list):  # Anthropic's content blocks
+        content = " ".join(str(block.get("text", "")) for block in content)
+    return str(content or "")
 
 
 def _sse(data: str, event: str | None = None) -> bytes:

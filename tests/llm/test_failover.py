@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 
 from empire.llm.v1 import llm_service_pb2 as pb
 from tests.harness import fake_providers as faults
-from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
+from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider, Flavor
 from tests.harness.grpc_errors import error_info
 from tests.llm.harness import RunningLlm, eventually, seconds
 
@@ -299,6 +301,38 @@ async def test_content_policy_is_not_retried_and_carries_the_providers_reason(
         assert (openai_primary.completions, same_model.completions) == (1, 0)
     finally:
         await same_model.close()
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic"])
+async def test_a_refusal_quoting_the_prompt_reaches_no_one_with_the_prompt(
+    llm: RunningLlm, flavor: Flavor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    prompt = "Describe how the violet heron nests beside reservoir-0815"
+    async with FakeProvider(flavor, model="primary-model") as refusing:
+        await llm.client.put("primary", refusing, priority=0)
+        refusing.inject(faults.content_policy(quote_prompt=True), times=None)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete(prompt)
+        health = await llm.client.call(
+            "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="primary")
+        )
+
+    assert refusing.completions == 1
+    info = error_info(caught.value)
+    assert info.reason == "CONTENT_POLICY"
+    told = [
+        caught.value.details() or "",
+        info.metadata["provider_reason"],
+        health.providers[0].last_error,
+        "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records),
+    ]
+    for text in told:
+        assert "heron" not in text and "reservoir" not in text
+    # The provider's own words still say why.
+    assert "[prompt text]" in info.metadata["provider_reason"]
+    assert "Flagged input" in info.metadata["provider_reason"]
 
 
 async def test_authentication_error_opens_the_circuit_and_fails_over(
