@@ -2,7 +2,9 @@
 
 It comes from `EMPIRE_<SVC>_MASTER_KEY` or `EMPIRE_<SVC>_MASTER_KEY_FILE` (base64,
 standard or URL-safe); a development start without either generates one into a
-private file. No error or log line ever carries the key.
+private file. A service that supports rotating it also reads the keys it still
+accepts from `EMPIRE_<SVC>_ACCEPTED_MASTER_KEYS`. No error or log line ever
+carries a key.
 """
 
 from __future__ import annotations
@@ -30,13 +32,38 @@ def read_master_key(env: Env, service: str) -> bytes | None:
     path = env.path(f"{variable}_FILE")
     if path is None:
         return None
+    text = _read_key_file(path, f"EMPIRE_{variable}_FILE").strip()
+    return decode_master_key(text, f"EMPIRE_{variable}_FILE")
+
+
+def read_accepted_master_keys(env: Env, service: str) -> tuple[bytes, ...]:
+    """Further keys the service accepts for what was stored under them (a
+    master-key rotation): `EMPIRE_<SVC>_ACCEPTED_MASTER_KEYS`, comma-separated,
+    or `..._FILE`, one per line."""
+    variable = f"{service.upper()}_ACCEPTED_MASTER_KEYS"
+    inline = env.optional_str(variable)
+    if inline is not None:
+        texts, source = inline.split(","), f"EMPIRE_{variable}"
+    else:
+        path = env.path(f"{variable}_FILE")
+        if path is None:
+            return ()
+        source = f"EMPIRE_{variable}_FILE"
+        texts = _read_key_file(path, source).splitlines()
+    keys = []
+    for position, text in enumerate(texts, start=1):
+        if text.strip():
+            keys.append(decode_master_key(text.strip(), f"{source} (key {position})"))
+    return tuple(keys)
+
+
+def _read_key_file(path: Path, variable: str) -> str:
     try:
-        text = path.read_text().strip()
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise SettingsError(
-            f"EMPIRE_{variable}_FILE: cannot read the file ({type(error).__name__})"
+            f"{variable}: cannot read the file ({type(error).__name__})"
         ) from None
-    return decode_master_key(text, f"EMPIRE_{variable}_FILE")
 
 
 def decode_master_key(text: str, variable: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sys
 import time
@@ -135,9 +134,18 @@ class ApiKeyManager:
         row = (
             None if parsed is None else await self._store.get_api_key(parsed.api_key_id)
         )
-        presented = self._master_key.hash_api_key(secret)
-        if row is None or not hmac.compare_digest(presented, row.secret_hash):
+        match = (
+            None
+            if row is None
+            else self._master_key.match_api_key(secret, row.secret_hash)
+        )
+        if row is None or match is None or not match.matches:
             raise Unauthenticated("the API key is not valid", reason="INVALID_API_KEY")
+        if not match.up_to_date:
+            # Made by an accepted (old) master key: move it to the current one
+            # so the old key can be dropped once nothing needs it.
+            current = self._master_key.hash_api_key(secret)
+            await self._store.rehash_api_key(row.api_key_id, row.secret_hash, current)
         if row.revoked_ms is not None:
             raise Unauthenticated("the API key was revoked", reason="API_KEY_REVOKED")
         if row.expires_ms is not None and row.expires_ms <= self._now_ms():

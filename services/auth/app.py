@@ -12,6 +12,7 @@ from services.auth.denylist import Denylist
 from services.auth.jwks_http import jwks_routes
 from services.auth.keyring import KeyringPolicy, SigningKeyRing
 from services.auth.maintenance import Maintenance
+from services.auth.master_key_rotation import adopt_current_master_key
 from services.auth.refresh import RefreshFamilies, RefreshPolicy
 from services.auth.revocation import TokenRevoker
 from services.auth.secrets_box import MasterKey
@@ -33,12 +34,14 @@ async def create_service(
 ) -> Service:
     """The auth `Service`; `keyring_clock` lets tests move key lifecycles in time."""
     master_key = MasterKey(
-        settings.master_key or development_master_key(settings.dev_master_key_file)
+        settings.master_key or development_master_key(settings.dev_master_key_file),
+        settings.accepted_master_keys,
     )
     store = await AuthStore.open(
         settings.database_url, settings.database_timeout_seconds
     )
     try:
+        await adopt_current_master_key(store, master_key, int(keyring_clock() * 1000))
         components = await _assemble(settings, store, master_key, keyring_clock)
         await _bootstrap_admin(settings, components.api_keys)
     except BaseException:
@@ -116,6 +119,7 @@ async def _assemble(
         store,
         keyring,
         denylist,
+        master_key,
         interval_seconds=settings.sync_interval_seconds,
         leeway_seconds=settings.leeway_seconds,
     )

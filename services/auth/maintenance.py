@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from services.auth.denylist import Denylist
 from services.auth.keyring import SigningKeyRing
+from services.auth.master_key_rotation import report_hashes_under_accepted_keys
+from services.auth.secrets_box import MasterKey
 from services.auth.store import AuthStore
 from shared.errors import EmpireError
 
@@ -23,6 +25,7 @@ class Maintenance:
         store: AuthStore,
         keyring: SigningKeyRing,
         denylist: Denylist,
+        master_key: MasterKey,
         *,
         interval_seconds: float,
         leeway_seconds: float,
@@ -31,6 +34,7 @@ class Maintenance:
         self._store = store
         self._keyring = keyring
         self._denylist = denylist
+        self._master_key = master_key
         self._interval = interval_seconds
         self._leeway_ms = int(leeway_seconds * 1000)
         self._clock = clock
@@ -79,3 +83,8 @@ class Maintenance:
         self._denylist.prune(before_ms)
         if removed:
             logger.info("pruned %s expired token records", removed)
+        if self._master_key.has_accepted_keys:
+            now_ms = int(self._clock() * 1000)
+            await report_hashes_under_accepted_keys(
+                self._store, self._master_key, now_ms
+            )

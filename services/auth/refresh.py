@@ -85,9 +85,9 @@ class RefreshFamilies:
 
     async def rotate(self, refresh_token: str) -> RefreshResult:
         """Use up `refresh_token` and return its successor with a new access token."""
-        token_hash = self._hash(refresh_token)
+        candidates = self._hashes(refresh_token)
         async with self._store.transaction() as tx:
-            outcome = await self._rotate_in(tx, token_hash, self._now_ms())
+            outcome = await self._rotate_in(tx, candidates, self._now_ms())
         # Raised only now: a detected reuse must commit its revocation first.
         self._denylist.add(outcome.revoked)
         if outcome.error is not None:
@@ -97,7 +97,8 @@ class RefreshFamilies:
 
     async def revoke(self, refresh_token: str) -> tuple[str, list[str]]:
         """Revoke the family of `refresh_token`; its family id and revoked token ids."""
-        row = await self._store.get_refresh_token(self._hash(refresh_token))
+        found = await _find(self._store, self._hashes(refresh_token))
+        row = None if found is None else found[1]
         if row is None:
             raise Unauthenticated(
                 "the refresh token is not valid", reason="REFRESH_TOKEN_INVALID"
@@ -107,8 +108,11 @@ class RefreshFamilies:
         self._denylist.add(revoked)
         return row.family_id, [token_id for token_id, _ in revoked]
 
-    async def _rotate_in(self, tx: AuthQueries, token_hash: str, now: int) -> _Outcome:
-        row = await tx.get_refresh_token(token_hash)
+    async def _rotate_in(
+        self, tx: AuthQueries, candidates: list[str], now: int
+    ) -> _Outcome:
+        found = await _find(tx, candidates)
+        token_hash, row = found if found is not None else ("", None)
         family = None if row is None else await tx.get_family(row.family_id)
         if row is None or family is None:
             return _failure("the refresh token is not valid", "REFRESH_TOKEN_INVALID")
@@ -143,7 +147,7 @@ class RefreshFamilies:
         expires_ms = min(now + self._policy.token_ttl_seconds * 1000, family.expires_ms)
         await tx.add_refresh_token(
             RefreshTokenRow(
-                token_hash=self._hash(refresh_token),
+                token_hash=self._master_key.hash_refresh_token(refresh_token),
                 family_id=family.family_id,
                 created_ms=now,
                 expires_ms=expires_ms,
@@ -169,15 +173,31 @@ class RefreshFamilies:
         await tx.revoke_tokens(live, now)
         return live
 
-    def _hash(self, refresh_token: str) -> str:
+    def _hashes(self, refresh_token: str) -> list[str]:
+        """Each hash the token may be stored under (see `MasterKey`)."""
         if not _REFRESH_TOKEN.match(refresh_token):
             raise Unauthenticated(
                 "the refresh token is not valid", reason="REFRESH_TOKEN_INVALID"
             )
-        return self._master_key.hash_refresh_token(refresh_token)
+        return self._master_key.refresh_token_hashes(refresh_token)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+async def _find(
+    queries: AuthQueries, candidates: list[str]
+) -> tuple[str, RefreshTokenRow] | None:
+    """The stored refresh token under the first candidate hash that has one.
+
+    The current key's hash comes first, so only a token issued before a
+    master-key rotation costs more than one lookup.
+    """
+    for token_hash in candidates:
+        row = await queries.get_refresh_token(token_hash)
+        if row is not None:
+            return token_hash, row
+    return None
 
 
 def _failure(message: str, reason: str) -> _Outcome:

@@ -15,7 +15,7 @@ from shared.config import (
     database_url,
     load_server_settings,
 )
-from shared.master_key import read_master_key
+from shared.master_key import read_accepted_master_keys, read_master_key
 
 ALGORITHMS = ("EdDSA", "ES256", "RS256")
 ADMIN_ROLE = "admin"
@@ -33,6 +33,9 @@ class AuthSettings:
     # EMPIRE_AUTH_MASTER_KEY_FILE). None means a development start that keeps
     # a generated one in `dev_master_key_file`.
     master_key: bytes | None = field(repr=False)
+    # Old keys (or, during a two-step rollout, the next one) whose stored
+    # seals and hashes still count; nothing new is made with them.
+    accepted_master_keys: tuple[bytes, ...] = field(repr=False)
     dev_master_key_file: Path
     development: bool
     bootstrap_api_key: str | None = field(repr=False)
@@ -103,6 +106,7 @@ def load_settings(env: Env | None = None) -> AuthSettings:
         database_url=database_url(env, "auth"),
         database_timeout_seconds=database_timeout_seconds(env, "auth"),
         master_key=master_key,
+        accepted_master_keys=read_accepted_master_keys(env, "auth"),
         dev_master_key_file=env.path("AUTH_DEV_MASTER_KEY_FILE")
         or Path("var/auth-master.key"),
         development=development,

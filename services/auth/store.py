@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.auth.secrets_box import LABEL_SEPARATOR
 from shared.db import Database, Executor, open_database
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -83,6 +84,9 @@ _KEY_COLUMNS = (
     "key_id, algorithm, state, public_jwk, sealed_private_key, created_ms,"
     " activated_ms, deactivated_ms, retire_ms"
 )
+# Where keyed hashes of bearer secrets are stored.
+_HASH_COLUMNS = (("api_keys", "secret_hash"), ("refresh_tokens", "token_hash"))
+
 _API_KEY_COLUMNS = (
     "api_key_id, secret_hash, display_name, subject, scopes, roles, creator,"
     " created_ms, expires_ms, revoked_ms"
@@ -330,6 +334,56 @@ class AuthQueries:
     async def count_api_keys(self) -> int:
         row = await self._db.fetchone("SELECT COUNT(*) FROM api_keys")
         return int(row[0]) if row else 0
+
+    # Master-key rotation ----------------------------------------------------
+
+    async def rehash_api_key(self, api_key_id: str, old: str, new: str) -> None:
+        """Replace the stored hash, unless another replica already did."""
+        await self._db.execute(
+            "UPDATE api_keys SET secret_hash = %s"
+            " WHERE api_key_id = %s AND secret_hash = %s",
+            (new, api_key_id, old),
+        )
+
+    async def reseal_signing_key(self, key_id: str, old: bytes, new: bytes) -> bool:
+        """Replace a sealed private key, unless it changed meanwhile."""
+        changed = await self._db.execute(
+            "UPDATE signing_keys SET sealed_private_key = %s"
+            " WHERE key_id = %s AND sealed_private_key = %s",
+            (new, key_id, old),
+        )
+        return changed == 1
+
+    async def label_unlabelled_hashes(self, label: str) -> int:
+        """Prefix `label` to hashes stored before hashes carried one.
+
+        Only correct while no accepted key exists: then every hash that still
+        works was made by the current key.
+        """
+        prefix = label + LABEL_SEPARATOR
+        changed = 0
+        for table, column in _HASH_COLUMNS:
+            changed += await self._db.execute(
+                f"UPDATE {table} SET {column} = %s || {column}"
+                f" WHERE {column} NOT LIKE %s",
+                (prefix, f"%{LABEL_SEPARATOR}%"),
+            )
+        return changed
+
+    async def count_hashes_not_under(self, label: str, now_ms: int) -> dict[str, int]:
+        """Live API keys and refresh tokens whose hash another key made."""
+        pattern = label + LABEL_SEPARATOR + "%"
+        counts = {}
+        for table, column in _HASH_COLUMNS:
+            # Used refresh tokens and revoked keys are never presented again.
+            unused = "used_ms" if table == "refresh_tokens" else "revoked_ms"
+            row = await self._db.fetchone(
+                f"SELECT COUNT(*) FROM {table} WHERE {column} NOT LIKE %s"
+                f" AND {unused} IS NULL AND (expires_ms IS NULL OR expires_ms > %s)",
+                (pattern, now_ms),
+            )
+            counts[table] = int(row[0]) if row else 0
+        return counts
 
     # Housekeeping -----------------------------------------------------------
 
