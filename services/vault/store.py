@@ -31,6 +31,11 @@ _AUDIT_COLUMNS = (
     "sequence, time_ms, actor, action, key_id, version, outcome, reason,"
     " value_hmac, previous_hash, hash"
 )
+# The audit columns' types, in `_AUDIT_COLUMNS` order, as PostgreSQL arrays.
+_AUDIT_ARRAYS = (
+    "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[]"
+)
 # One round trip for a read: the secret and the version asked for (0: latest).
 _READ = (
     f"SELECT {_SECRET_COLUMNS}, {_VERSION_COLUMNS} FROM vault_secrets s"
@@ -94,14 +99,22 @@ class VaultStore:
     ) -> dict[tuple[str, int], ReadResult]:
         """Several (key id, version) reads in one query; missing secrets are absent."""
         pairs = list(dict.fromkeys(wanted))
+        params: list[Any]
+        if self.db.dialect == "postgres":
+            # Two arrays, whatever the batch size: one statement text that
+            # psycopg caches and PostgreSQL keeps prepared.
+            wanted_rows = "SELECT * FROM unnest(%s::text[], %s::bigint[])"
+            params = [[key for key, _ in pairs], [version for _, version in pairs]]
+        else:
+            wanted_rows = "VALUES " + ", ".join(["(%s, %s)"] * len(pairs))
+            params = [value for pair in pairs for value in pair]
         rows = await tx.fetchall(
-            "WITH wanted (key_id, version) AS (VALUES "
-            + ", ".join(["(%s, %s)"] * len(pairs))
-            + f") SELECT w.key_id, w.version, {_SECRET_COLUMNS}, {_VERSION_COLUMNS}"
+            f"WITH wanted (key_id, version) AS ({wanted_rows})"
+            f" SELECT w.key_id, w.version, {_SECRET_COLUMNS}, {_VERSION_COLUMNS}"
             " FROM wanted w JOIN vault_secrets s ON s.key_id = w.key_id"
             " LEFT JOIN vault_versions v ON v.key_id = s.key_id AND v.version ="
             " (CASE WHEN w.version = 0 THEN s.current_version ELSE w.version END)",
-            [value for pair in pairs for value in pair],
+            params,
         )
         return {
             (row[0], int(row[1])): ReadResult(_secret(row[2:12]), _version(row[12:]))
@@ -264,12 +277,6 @@ class VaultStore:
 
     async def append_audit(self, tx: Executor, events: Sequence[AuditRecord]) -> None:
         """Inserts chained events and moves the head; the caller holds the chain."""
-        row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        insert_events = (
-            f"INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
-            f" VALUES {', '.join([row] * len(events))}"
-        )
-        params = [value for event in events for value in _audit_params(event)]
         last = events[-1]
         move_head = (
             "INSERT INTO vault_audit_head (id, sequence, hash) VALUES (1, %s, %s)"
@@ -277,13 +284,21 @@ class VaultStore:
             " SET sequence = excluded.sequence, hash = excluded.hash"
         )
         if self.db.dialect == "postgres":
-            # One round trip: PostgreSQL runs both inserts in one statement.
+            # One round trip (both inserts in one statement) and one statement
+            # text for any batch size (a column per array), so it stays prepared.
+            columns = list(zip(*(_audit_params(event) for event in events)))
             await tx.execute(
-                f"WITH appended AS ({insert_events}) {move_head}",
-                [*params, last.sequence, last.hash],
+                f"WITH appended AS (INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
+                f" SELECT * FROM unnest({_AUDIT_ARRAYS})) {move_head}",
+                [*(list(column) for column in columns), last.sequence, last.hash],
             )
             return
-        await tx.execute(insert_events, params)
+        row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        await tx.execute(
+            f"INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
+            f" VALUES {', '.join([row] * len(events))}",
+            [value for event in events for value in _audit_params(event)],
+        )
         await tx.execute(move_head, (last.sequence, last.hash))
 
     async def audit_events(
