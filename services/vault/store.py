@@ -286,7 +286,9 @@ class VaultStore:
         if self.db.dialect == "postgres":
             # One round trip (both inserts in one statement) and one statement
             # text for any batch size (a column per array), so it stays prepared.
-            columns = list(zip(*(_audit_params(event) for event in events)))
+            columns = list(
+                zip(*(_audit_params(event) for event in events), strict=True)
+            )
             await tx.execute(
                 f"WITH appended AS (INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
                 f" SELECT * FROM unnest({_AUDIT_ARRAYS})) {move_head}",
