@@ -4,6 +4,8 @@ Every service verifies tokens itself, against the JWKS it fetched from auth and
 cached, so auth is not on any other service's hot path. The set is fetched
 again when a token names an unknown `kid`, at most once per refetch interval,
 so a stream of made-up `kid`s cannot turn verifiers into a flood against auth.
+Tokens that auth has revoked are refused too, from a list of their ids that
+auth publishes and the verifier polls (`shared.revocations`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 import jwt
 
 from shared.errors import PermissionDenied, Unauthenticated
+from shared.revocations import RevocationList
 
 logger = logging.getLogger(__name__)
 
@@ -149,9 +152,11 @@ class JwksTokenVerifier:
         leeway_seconds: float = 30.0,
         refetch_interval_seconds: float = 10.0,
         max_age_seconds: float = 300.0,
+        revocations: RevocationList | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_jwks = fetch_jwks
+        self._revocations = revocations
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
@@ -169,7 +174,7 @@ class JwksTokenVerifier:
         keys_are_fresh = now - self._last_fetch <= self._max_age
         cached = self._verified.get(token)
         if keys_are_fresh and cached is not None and cached[1] + self._leeway > now:
-            return cached[0]
+            return self._unless_revoked(cached[0])
 
         header = _read_header(token)
         if not keys_are_fresh:
@@ -178,6 +183,24 @@ class JwksTokenVerifier:
         claims = self._decode(token, key)
         principal = principal_from_claims(claims)
         self._remember(token, principal, float(claims["exp"]))
+        return self._unless_revoked(principal)
+
+    async def start(self) -> None:
+        """Begin polling auth's revocations (a no-op without a list)."""
+        if self._revocations is not None:
+            self._revocations.start()
+
+    async def close(self) -> None:
+        if self._revocations is not None:
+            await self._revocations.close()
+
+    def _unless_revoked(self, principal: Principal) -> Principal:
+        # Checked on every call, remembered verifications included, because a
+        # revocation can arrive after the token was first verified.
+        if self._revocations is not None and self._revocations.is_revoked(
+            principal.token_id
+        ):
+            raise Unauthenticated("the token has been revoked", reason="REVOKED")
         return principal
 
     def forget_cached(self) -> None:

@@ -8,6 +8,7 @@ and the process stops before it serves anything.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,8 @@ class ServerSettings:
     jwks_refetch_interval_seconds: float
     jwks_max_age_seconds: float
     clock_leeway_seconds: float
+    revocations_url: str
+    revocation_poll_seconds: float
 
 
 DEFAULT_PORTS = {"auth": 50051, "vault": 50052, "cache": 50053, "llm": 50054}
@@ -148,6 +151,10 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
     """Server settings for `service`; `EMPIRE_<SVC>_PORT` overrides the port."""
     env = env or Env()
     key = service.upper()
+    jwks_url = env.str(
+        "JWKS_URL",
+        f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['auth']}/.well-known/jwks.json",
+    )
     return ServerSettings(
         service=service,
         host=env.str("HOST", "127.0.0.1"),
@@ -160,10 +167,7 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
             "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
         ),
         auth_enabled=env.bool("AUTH_ENABLED", True),
-        jwks_url=env.str(
-            "JWKS_URL",
-            f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['auth']}/.well-known/jwks.json",
-        ),
+        jwks_url=jwks_url,
         token_issuer=env.str("TOKEN_ISSUER", "https://auth.empire-security.local"),
         token_audience=env.str("TOKEN_AUDIENCE", "empire-security"),
         jwks_refetch_interval_seconds=env.float(
@@ -172,6 +176,15 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
         jwks_max_age_seconds=env.float("JWKS_MAX_AGE_SECONDS", 300.0, minimum=1.0),
         clock_leeway_seconds=env.float(
             "CLOCK_LEEWAY_SECONDS", 30.0, minimum=0.0, maximum=300.0
+        ),
+        # Auth publishes its revocations beside its JWKS.
+        revocations_url=env.str(
+            "REVOCATIONS_URL",
+            urllib.parse.urljoin(jwks_url, "/.well-known/revoked-tokens.json"),
+        ),
+        # 0 turns the poll off: revoked tokens then pass until they expire.
+        revocation_poll_seconds=env.float(
+            "REVOCATION_POLL_SECONDS", 5.0, minimum=0.0, maximum=3600.0
         ),
     )
 

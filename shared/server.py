@@ -25,6 +25,7 @@ from shared.authn import HttpJwksSource, JwksTokenVerifier, TokenVerifier
 from shared.config import ServerSettings, SettingsError
 from shared.interceptor import ServerInterceptor
 from shared.logs import configure_logging
+from shared.revocations import HttpRevocationSource, RevocationList
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class RunningServer:
         host: str,
         port: int,
         http_port: int,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self.service = service
         self.host = host
@@ -63,6 +65,7 @@ class RunningServer:
         self._server = server
         self._health = health_servicer
         self._http_runner = http_runner
+        self._verifier = verifier
         self._stopped = False
 
     @property
@@ -80,6 +83,8 @@ class RunningServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_seconds)
         await self._http_runner.cleanup()
+        if isinstance(self._verifier, JwksTokenVerifier):
+            await self._verifier.close()
         if self.service.on_close is not None:
             await self.service.on_close()
 
@@ -88,6 +93,13 @@ def default_verifier(settings: ServerSettings) -> TokenVerifier | None:
     if not settings.auth_enabled:
         logger.warning("authentication is OFF (EMPIRE_AUTH_ENABLED=false); dev only")
         return None
+    revocations = None
+    if settings.revocation_poll_seconds > 0:
+        revocations = RevocationList(
+            HttpRevocationSource(settings.revocations_url),
+            poll_seconds=settings.revocation_poll_seconds,
+            leeway_seconds=settings.clock_leeway_seconds,
+        )
     return JwksTokenVerifier(
         HttpJwksSource(settings.jwks_url),
         issuer=settings.token_issuer,
@@ -95,6 +107,7 @@ def default_verifier(settings: ServerSettings) -> TokenVerifier | None:
         leeway_seconds=settings.clock_leeway_seconds,
         refetch_interval_seconds=settings.jwks_refetch_interval_seconds,
         max_age_seconds=settings.jwks_max_age_seconds,
+        revocations=revocations,
     )
 
 
@@ -135,8 +148,17 @@ async def start_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     http_runner, http_port = await _start_http(service, settings)
+    if isinstance(verifier, JwksTokenVerifier):
+        await verifier.start()
     return RunningServer(
-        service, server, health_servicer, http_runner, settings.host, port, http_port
+        service,
+        server,
+        health_servicer,
+        http_runner,
+        settings.host,
+        port,
+        http_port,
+        verifier,
     )
 
 

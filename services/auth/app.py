@@ -9,7 +9,7 @@ from collections.abc import Callable
 from empire.auth.v1 import auth_service_pb2_grpc as pb_grpc
 from services.auth.api_keys import ApiKeyManager
 from services.auth.denylist import Denylist
-from services.auth.jwks_http import jwks_routes
+from services.auth.jwks_http import jwks_routes, revocation_routes
 from services.auth.keyring import KeyringPolicy, SigningKeyRing
 from services.auth.maintenance import Maintenance
 from services.auth.master_key_rotation import adopt_current_master_key
@@ -59,7 +59,10 @@ async def create_service(
             (pb_grpc.add_AuthServiceServicer_to_server, AuthServicer(components))
         ],
         service_names=[SERVICE_NAME],
-        http_routes=jwks_routes(components.keyring, settings.jwks_max_age_seconds),
+        http_routes=[
+            *jwks_routes(components.keyring, settings.jwks_max_age_seconds),
+            *revocation_routes(components.denylist),
+        ],
         on_close=close,
         token_verifier=KeyringTokenVerifier(components.checker),
     )

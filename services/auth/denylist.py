@@ -21,6 +21,7 @@ class Denylist:
         self._clock = clock
         self._revoked: dict[str, int] = {}
         self._watermark_ms = 0
+        self.version = 0  # moves whenever the set of revoked ids changes
 
     def __len__(self) -> int:
         return len(self._revoked)
@@ -28,9 +29,13 @@ class Denylist:
     def is_revoked(self, token_id: str) -> bool:
         return token_id in self._revoked
 
+    def snapshot(self) -> dict[str, int]:
+        """Each revoked token id with its expiry in Unix milliseconds."""
+        return dict(self._revoked)
+
     def add(self, tokens: Iterable[tuple[str, int]]) -> None:
         for token_id, expires_ms in tokens:
-            self._revoked[token_id] = expires_ms
+            self._set(token_id, expires_ms)
 
     async def sync(self, queries: AuthQueries) -> None:
         since = max(0, self._watermark_ms - _SYNC_OVERLAP_MS)
@@ -38,7 +43,7 @@ class Denylist:
         now_ms = int(self._clock() * 1000)
         for token_id, expires_ms, revoked_ms in rows:
             if expires_ms > now_ms:
-                self._revoked[token_id] = expires_ms
+                self._set(token_id, expires_ms)
             self._watermark_ms = max(self._watermark_ms, revoked_ms)
 
     def prune(self, before_ms: int) -> None:
@@ -46,3 +51,10 @@ class Denylist:
         expired = [tid for tid, exp in self._revoked.items() if exp < before_ms]
         for token_id in expired:
             del self._revoked[token_id]
+        if expired:
+            self.version += 1
+
+    def _set(self, token_id: str, expires_ms: int) -> None:
+        if self._revoked.get(token_id) != expires_ms:
+            self._revoked[token_id] = expires_ms
+            self.version += 1

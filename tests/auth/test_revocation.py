@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
+import aiohttp
 import grpc
 import pytest
 
 from empire.auth.v1 import auth_service_pb2 as pb
+from empire.echo.v1 import echo_service_pb2 as echo_pb
+from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
+from services.auth.jwks_http import JWKS_PATH
+from shared.clients import bearer
+from shared.echo import echo_service
+from shared.revocations import REVOCATIONS_PATH
+from shared.server import default_verifier
 from tests.auth.harness import AuthUnderTest, auth_settings, running_auth
 from tests.harness.grpc_errors import bad_request, error_info
+from tests.harness.servers import serve, test_server_settings
 
 Reason = pb.VerifyTokenResponse.Reason
 
@@ -97,3 +108,67 @@ async def test_revoke_needs_a_target_and_the_scope(auth: AuthUnderTest) -> None:
             metadata=(("authorization", f"Bearer {reader}"),),
         )
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_revocation_reaches_other_services_verifiers(
+    auth: AuthUnderTest,
+) -> None:
+    """Another service, verifying locally, refuses a token once auth revoked it."""
+    http = f"http://127.0.0.1:{auth.server.http_port}"
+    settings = test_server_settings(
+        "vault",
+        jwks_url=http + JWKS_PATH,
+        revocations_url=http + REVOCATIONS_PATH,
+        revocation_poll_seconds=0.05,
+        token_issuer=auth.settings.issuer,
+        token_audience=auth.settings.audience,
+    )
+    verifier = default_verifier(settings)
+    async with serve(echo_service(), settings, verifier) as echo:
+        async with echo.channel() as channel:
+            stub = echo_grpc.EchoServiceStub(channel)
+            kept = await auth.issue("alice", scopes=["echo:call"])
+            issued = await auth.issue("mallory", scopes=["echo:call"])
+            token = issued.access_token
+
+            async def echo_as(token: str) -> str:
+                reply = await stub.Echo(
+                    echo_pb.EchoRequest(message="hi"), metadata=(bearer(token),)
+                )
+                return reply.caller
+
+            assert await echo_as(token) == "mallory"  # verified and remembered
+            await _revoke(auth, token_id=issued.token_id)
+
+            refused: grpc.aio.AioRpcError | None = None
+            async with asyncio.timeout(10):
+                while refused is None:
+                    try:
+                        await echo_as(token)
+                    except grpc.aio.AioRpcError as error:
+                        refused = error
+                    await asyncio.sleep(0.02)
+            assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert error_info(refused).reason == "REVOKED"
+            assert await echo_as(kept.access_token) == "alice"
+
+
+async def test_revocations_document_holds_ids_only_and_revalidates(
+    auth: AuthUnderTest,
+) -> None:
+    issued = await auth.issue()
+    await _revoke(auth, token_id=issued.token_id)
+    url = f"http://127.0.0.1:{auth.server.http_port}{REVOCATIONS_PATH}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.headers["Cache-Control"] == "no-cache"
+            body = await response.read()
+            etag = response.headers["ETag"]
+        async with session.get(url, headers={"If-None-Match": etag}) as again:
+            assert again.status == 304
+
+    document = json.loads(body)
+    assert document["revoked"] == [
+        {"jti": issued.token_id, "exp": issued.expire_time.seconds + 1}
+    ]
+    assert issued.access_token.encode() not in body

@@ -57,12 +57,12 @@ async def test_unexpected_exception_is_internal_generic_and_logged(
     service = echo_service()
     service.servicers = [(service.servicers[0][0], _BrokenEcho())]
 
+    # Logs are captured until the server has stopped: its access line may be
+    # written just after the caller has its answer.
+    caplog.set_level(logging.INFO)
     async with serve(service, test_server_settings("auth"), issuer.verifier()) as run:
         async with run.channel() as channel:
-            with (
-                caplog.at_level(logging.INFO),
-                pytest.raises(grpc.aio.AioRpcError) as e,
-            ):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
                 await echo_grpc.EchoServiceStub(channel).Echo(
                     echo_pb2.EchoRequest(message="x"),
                     metadata=[bearer(issuer.token(["echo:call"]))],
@@ -81,14 +81,14 @@ async def test_access_line_never_carries_the_token(
     issuer: LocalIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = issuer.token(["echo:call"], subject="svc")
+    caplog.set_level(logging.DEBUG)
     async with serve(
         echo_service(), test_server_settings("auth"), issuer.verifier()
     ) as run:
         async with run.channel() as channel:
-            with caplog.at_level(logging.DEBUG):
-                await echo_grpc.EchoServiceStub(channel).Echo(
-                    echo_pb2.EchoRequest(message="x"), metadata=[bearer(token)]
-                )
+            await echo_grpc.EchoServiceStub(channel).Echo(
+                echo_pb2.EchoRequest(message="x"), metadata=[bearer(token)]
+            )
 
     lines = [r for r in caplog.records if r.name == "empire.access"]
     assert len(lines) == 1 and lines[0].subject == "svc"
