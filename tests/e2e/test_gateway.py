@@ -12,7 +12,7 @@ from empire.llm.v1 import llm_service_pb2
 from empire.vault.v1 import vault_service_pb2, vault_service_pb2_grpc
 from tests.e2e.calls import RestAnswer, b64, grpc_web_call, rest
 from tests.e2e.conftest import Suite
-from tests.harness.fake_providers import DEFAULT_REPLY
+from tests.harness.fake_providers import DEFAULT_REPLY, server_error
 
 
 def _bearer(token: str) -> list[tuple[str, str]]:
@@ -77,6 +77,28 @@ def test_secret_stored_over_rest_reads_back_over_rest_and_grpc(suite: Suite) -> 
     assert base64.b64decode(over_rest.body["value"]) == value
     assert over_grpc.value == value
     assert over_grpc.version == int(over_rest.body["version"])
+
+
+def test_secret_stored_over_grpc_reads_back_over_rest(suite: Suite) -> None:
+    key_id = _key_id("e2e")
+    value = secrets.token_bytes(24)
+
+    with grpc.insecure_channel(suite.gateway.target) as channel:
+        stored = vault_service_pb2_grpc.VaultServiceStub(channel).PutSecret(
+            vault_service_pb2.PutSecretRequest(key_id=key_id, value=value),
+            metadata=_bearer(suite.admin_token),
+            timeout=10,
+        )
+    over_rest = rest(
+        suite.url,
+        "GET",
+        f"/api/empire-security/secrets/{key_id}",
+        token=suite.admin_token,
+    )
+
+    assert over_rest.status == 200, over_rest.body
+    assert base64.b64decode(over_rest.body["value"]) == value
+    assert int(over_rest.body["version"]) == stored.version
 
 
 def test_gateway_refuses_a_call_without_a_token(suite: Suite) -> None:
@@ -208,6 +230,36 @@ def test_llm_completes_a_prompt_over_rest(suite: Suite) -> None:
     assert answer.body["content"] == DEFAULT_REPLY
     assert answer.body["provider_id"] == provider_id
     assert suite.provider.completions == calls_before + 1
+
+
+def test_gateway_does_not_multiply_a_failing_providers_attempts(
+    suite: Suite,
+) -> None:
+    """llm's own UNAVAILABLE (providers failed) is final: Envoy must not retry it."""
+    route = f"e2e-{secrets.token_hex(3)}"
+    _configure_fake_provider(suite, route)
+    calls_before = suite.provider.completions
+    suite.provider.inject(server_error(503), times=None)
+    try:
+        answer = rest(
+            suite.url,
+            "POST",
+            "/api/empire-security/llm/complete",
+            {
+                "route": route,
+                "messages": [{"role": "ROLE_USER", "content": "Anyone there?"}],
+                "max_tokens": 16,
+            },
+            suite.admin_token,
+        )
+    finally:
+        suite.provider.clear()
+
+    assert answer.status == 503, answer.body
+    assert _grpc_code(answer) == grpc.StatusCode.UNAVAILABLE.value[0]
+    # One attempt and the one retry the service allows a provider by default
+    # (EMPIRE_LLM_RETRIES_PER_PROVIDER=1); a gateway retry would triple it.
+    assert suite.provider.completions - calls_before == 2
 
 
 def test_llm_streams_a_completion_over_grpc_web(suite: Suite) -> None:
