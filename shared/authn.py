@@ -14,8 +14,10 @@ import asyncio
 import base64
 import binascii
 import contextvars
+import enum
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections import OrderedDict
@@ -32,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_ALGORITHMS = frozenset({"EdDSA", "ES256", "RS256"})
 MAX_TOKEN_BYTES = 8192
+MAX_KEY_ID_CHARS = 128
 ALL_SCOPES = "*"
 _VERIFIED_CACHE_SIZE = 4096
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ class JwksTokenVerifier:
         header = _read_header(token)
         if not keys_are_fresh:
             await self._refresh_stale_keys()
-        key = await self._key_for(header.get("kid"))
+        key = await self._key_for(header.key_id)
         claims = self._decode(token, key)
         principal = principal_from_claims(claims)
         self._remember(token, principal, float(claims["exp"]))
@@ -212,8 +216,8 @@ class JwksTokenVerifier:
         async with self._fetch_lock:
             await self._fetch()
 
-    async def _key_for(self, kid: object) -> jwt.PyJWK:
-        if not isinstance(kid, str) or not kid or len(kid) > 128:
+    async def _key_for(self, kid: str | None) -> jwt.PyJWK:
+        if kid is None:
             raise Unauthenticated("the token names no usable key", reason="UNKNOWN_KEY")
         key = self._keys.get(kid)
         if key is None:
@@ -270,7 +274,8 @@ class JwksTokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "iat", "iss", "aud"]},
+                # `jti` too: a token without one could not be revoked here.
+                options={"require": ["exp", "iat", "iss", "aud", "jti"]},
             )
         except jwt.PyJWTError as error:
             reason, message = classify_jwt_error(error)
@@ -297,31 +302,107 @@ def parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
     return keys
 
 
-def _read_header(token: str) -> dict[str, Any]:
+class HeaderProblem(enum.Enum):
+    """Why a token was refused on its header alone, before any key lookup."""
+
+    TOO_LARGE = "too large"
+    MALFORMED = "malformed"
+    ALGORITHM = "algorithm not accepted"
+    CRITICAL = "critical extension"
+
+
+class TokenHeaderError(Exception):
+    """A token refused on its header; `problem` says why."""
+
+    def __init__(self, problem: HeaderProblem) -> None:
+        super().__init__(problem.value)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class TokenHeader:
+    """What verification reads of a JWS header, each part of the type it must be."""
+
+    algorithm: str  # one of ALLOWED_ALGORITHMS
+    key_id: str | None  # None when absent, not a string, empty or too long
+
+
+def read_token_header(token: str) -> TokenHeader:
+    """The header of a compact JWS, checked before any key is looked up.
+
+    Raises `TokenHeaderError`. Every header value read here is type-checked
+    first, so no value an attacker chose reaches a lookup it could break
+    (a list as `alg` in a set membership test, say). Only the header is
+    decoded: PyJWT decodes the rest once the key is known.
+    """
     if len(token) > MAX_TOKEN_BYTES:
-        raise Unauthenticated("the token is too large", reason="MALFORMED_TOKEN")
-    # Only the header is decoded here: `jwt.get_unverified_header` would decode
-    # all three parts, which `jwt.decode` then does again.
-    encoded, dot, _ = token.partition(".")
+        raise TokenHeaderError(HeaderProblem.TOO_LARGE)
+    header = _decode_header(token)
+    if not _optional(header, "alg", str) or not _optional(header, "typ", str):
+        raise TokenHeaderError(HeaderProblem.MALFORMED)
+    if "crit" in header and not _is_list_of_names(header["crit"]):
+        raise TokenHeaderError(HeaderProblem.MALFORMED)
+
+    algorithm, key_id = header.get("alg"), header.get("kid")
+    if algorithm not in ALLOWED_ALGORITHMS:
+        raise TokenHeaderError(HeaderProblem.ALGORITHM)
+    if "crit" in header:
+        raise TokenHeaderError(HeaderProblem.CRITICAL)
+
+    usable = isinstance(key_id, str) and 0 < len(key_id) <= MAX_KEY_ID_CHARS
+    return TokenHeader(algorithm=algorithm, key_id=key_id if usable else None)
+
+
+def _decode_header(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_BASE64URL.fullmatch(part) for part in parts[:2]):
+        raise TokenHeaderError(HeaderProblem.MALFORMED)
+    if parts[2] and not _BASE64URL.fullmatch(parts[2]):
+        # An empty signature is left for the algorithm check to refuse.
+        raise TokenHeaderError(HeaderProblem.MALFORMED)
+    encoded = parts[0]
     try:
         header = json.loads(
             base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         )
-    except (ValueError, binascii.Error):
-        raise Unauthenticated(
-            "the token is malformed", reason="MALFORMED_TOKEN"
-        ) from None
-    if not dot or not isinstance(header, dict):
-        raise Unauthenticated("the token is malformed", reason="MALFORMED_TOKEN")
-    if header.get("alg") not in ALLOWED_ALGORITHMS:
-        raise Unauthenticated(
-            "the token's algorithm is not accepted", reason="BAD_ALGORITHM"
-        )
-    if "crit" in header:
-        raise Unauthenticated(
-            "the token requires an unsupported extension", reason="UNSUPPORTED_CRIT"
-        )
+    except (ValueError, binascii.Error, RecursionError):
+        # RecursionError: a header of a few thousand nested `[` fits the size
+        # limit and exhausts the JSON decoder's recursion depth.
+        raise TokenHeaderError(HeaderProblem.MALFORMED) from None
+    if not isinstance(header, dict):
+        raise TokenHeaderError(HeaderProblem.MALFORMED)
     return header
+
+
+def _optional(header: dict[str, Any], name: str, kind: type) -> bool:
+    return name not in header or isinstance(header[name], kind)
+
+
+def _is_list_of_names(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(name, str) for name in value)
+    )
+
+
+_HEADER_REFUSALS = {
+    HeaderProblem.TOO_LARGE: ("MALFORMED_TOKEN", "the token is too large"),
+    HeaderProblem.MALFORMED: ("MALFORMED_TOKEN", "the token is malformed"),
+    HeaderProblem.ALGORITHM: ("BAD_ALGORITHM", "the token's algorithm is not accepted"),
+    HeaderProblem.CRITICAL: (
+        "UNSUPPORTED_CRIT",
+        "the token requires an unsupported extension",
+    ),
+}
+
+
+def _read_header(token: str) -> TokenHeader:
+    try:
+        return read_token_header(token)
+    except TokenHeaderError as error:
+        reason, message = _HEADER_REFUSALS[error.problem]
+        raise Unauthenticated(message, reason=reason) from None
 
 
 def classify_jwt_error(error: jwt.PyJWTError) -> tuple[str, str]:

@@ -32,7 +32,10 @@ SERVICE_NAME = "empire.auth.v1.AuthService"
 async def create_service(
     settings: AuthSettings, *, keyring_clock: Callable[[], float] = time.time
 ) -> Service:
-    """The auth `Service`; `keyring_clock` lets tests move key lifecycles in time."""
+    """The auth `Service`; `keyring_clock` lets tests move key lifecycles in time.
+
+    Maintenance follows the same clock, so a test can also move its pruning.
+    """
     master_key = MasterKey(
         settings.master_key or development_master_key(settings.dev_master_key_file),
         settings.accepted_master_keys,
@@ -125,6 +128,7 @@ async def _assemble(
         master_key,
         interval_seconds=settings.sync_interval_seconds,
         leeway_seconds=settings.leeway_seconds,
+        clock=keyring_clock,
     )
     return AuthComponents(
         settings=settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -67,15 +68,29 @@ def ttl_seconds(
 
 
 def extra_claims(claims: struct_pb2.Struct, field: str = "claims") -> dict[str, Any]:
-    values: dict[str, Any] = json_format.MessageToDict(claims)
-    for name in sorted(values):
+    for name in sorted(claims.fields):
         if name in RESERVED_CLAIMS:
             raise InvalidArgument(
                 f"{field}.{name}", "a registered claim; set by the service"
             )
+        if not _all_finite(claims.fields[name]):
+            # JSON has no Infinity or NaN; a token must stay valid JSON.
+            raise InvalidArgument(f"{field}.{name}", "numbers must be finite")
+    values: dict[str, Any] = json_format.MessageToDict(claims)
     if len(json.dumps(values)) > MAX_CLAIMS_BYTES:
         raise InvalidArgument(field, f"at most {MAX_CLAIMS_BYTES} bytes as JSON")
     return values
+
+
+def _all_finite(value: struct_pb2.Value) -> bool:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return math.isfinite(value.number_value)
+    if kind == "struct_value":
+        return all(_all_finite(item) for item in value.struct_value.fields.values())
+    if kind == "list_value":
+        return all(_all_finite(item) for item in value.list_value.values)
+    return True
 
 
 def page_size(value: int) -> int:

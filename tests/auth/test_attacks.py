@@ -9,17 +9,26 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from empire.auth.v1 import auth_service_pb2 as pb
 from services.auth.jwks_http import JWKS_PATH
 from shared.authn import HttpJwksSource, JwksTokenVerifier
+from shared.clients import bearer
 from shared.errors import Unauthenticated
-from tests.auth.forge import b64url, compact
+from tests.auth.forge import (
+    HOSTILE_HEADER_NAMES,
+    attacker_server,
+    b64url,
+    compact,
+    hostile_header,
+    with_raw_header,
+)
 from tests.auth.harness import AuthUnderTest, auth_settings, running_auth
+from tests.harness.grpc_errors import error_info
 
 Reason = pb.VerifyTokenResponse.Reason
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -65,21 +74,8 @@ async def _reason(auth: AuthUnderTest, token: str) -> int:
 @pytest.fixture
 async def jku_server() -> AsyncIterator[tuple[str, list[str]]]:
     """An attacker's web server; the list records every request it gets."""
-    hits: list[str] = []
-
-    async def anything(request: web.Request) -> web.Response:
-        hits.append(request.path)
-        return web.json_response({"keys": []})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", anything)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/jwks.json", hits
-    await runner.cleanup()
+    async with attacker_server() as server:
+        yield server
 
 
 async def test_honest_token_passes_so_the_forger_is_sound(auth: AuthUnderTest) -> None:
@@ -137,6 +133,32 @@ async def test_unknown_or_injected_kid_is_refused(
     # The injected SQL did nothing: the keyring is intact and still signs.
     issued = await auth.issue()
     assert (await auth.verify(issued.access_token)).valid
+
+
+@pytest.mark.parametrize("name", HOSTILE_HEADER_NAMES)
+async def test_header_of_the_wrong_shape_is_malformed(
+    auth: AuthUnderTest, name: str
+) -> None:
+    kid = auth.components.keyring.current.key_id
+    token = with_raw_header(hostile_header(name, kid), _signed_by_auth(auth))
+    assert await _reason(auth, token) == Reason.MALFORMED
+
+
+@pytest.mark.parametrize("name", ["alg-list", "nested-arrays", "not-utf8"])
+async def test_bearer_token_of_the_wrong_shape_is_unauthenticated(
+    auth: AuthUnderTest, name: str
+) -> None:
+    """Auth's own interceptor refuses it too, rather than failing INTERNAL."""
+    kid = auth.components.keyring.current.key_id
+    token = with_raw_header(hostile_header(name, kid), _signed_by_auth(auth))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.stub.ListSigningKeys(
+            pb.ListSigningKeysRequest(), metadata=(bearer(token),)
+        )
+
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(raised.value).reason == "MALFORMED"
 
 
 async def test_non_string_kid_is_refused(auth: AuthUnderTest) -> None:

@@ -62,6 +62,11 @@ async def test_refresh_tokens_are_stored_only_hashed(auth: AuthUnderTest) -> Non
 async def test_reuse_after_grace_revokes_the_whole_family(auth: AuthUnderTest) -> None:
     issued = await auth.issue(include_refresh_token=True)
     child = await _refresh(auth, issued.refresh_token)
+    # A replay in the very millisecond of the first use is still within a
+    # grace of 0 ms; date the first use a second back so this one is after it.
+    await auth.components.store.database.execute(
+        "UPDATE refresh_tokens SET used_ms = used_ms - 1000 WHERE used_ms IS NOT NULL"
+    )
 
     # The first token leaked and is replayed: the family dies.
     assert await _refused(auth, issued.refresh_token) == "REFRESH_TOKEN_REUSED"

@@ -9,6 +9,7 @@ import time
 import aiohttp
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from empire.auth.v1 import auth_service_pb2 as pb
 from empire.echo.v1 import echo_service_pb2 as echo_pb
@@ -18,7 +19,7 @@ from shared.clients import bearer
 from shared.echo import echo_service
 from shared.revocations import REVOCATIONS_PATH
 from shared.server import default_verifier
-from tests.auth.harness import AuthUnderTest, auth_settings, running_auth
+from tests.auth.harness import AuthUnderTest, FakeClock, auth_settings, running_auth
 from tests.harness.grpc_errors import bad_request, error_info
 from tests.harness.servers import serve, test_server_settings
 
@@ -93,6 +94,31 @@ async def test_denylist_is_pruned_only_after_expiry(auth: AuthUnderTest) -> None
     assert await store.revocations_since(0) == []
     assert not denylist.is_revoked(issued.token_id)
     assert await store.issued_expiry(issued.token_id) is None
+
+
+async def test_maintenance_pass_prunes_the_denylist_and_store_after_expiry(
+    database_url: str,
+) -> None:
+    clock = FakeClock()
+    settings = auth_settings(database_url)
+    async with running_auth(settings, keyring_clock=clock) as auth:
+        short_ttl = duration_pb2.Duration(seconds=settings.min_token_ttl_seconds)
+        short = await auth.issue(ttl=short_ttl)
+        long = await auth.issue(ttl=duration_pb2.Duration(seconds=3600))
+        for issued in (short, long):
+            await _revoke(auth, token_id=issued.token_id)
+        clock.advance(settings.min_token_ttl_seconds + settings.leeway_seconds + 1)
+
+        # The service's first pass: the prune interval has not been used yet.
+        await auth.components.maintenance.run_once()
+
+        store, denylist = auth.components.store, auth.components.denylist
+        assert not denylist.is_revoked(short.token_id)
+        assert await store.issued_expiry(short.token_id) is None
+        assert [row[0] for row in await store.revocations_since(0)] == [long.token_id]
+        assert denylist.is_revoked(long.token_id)
+        assert await store.issued_expiry(long.token_id) is not None
+        assert (await auth.verify(long.access_token)).reason == Reason.REVOKED
 
 
 async def test_revoke_needs_a_target_and_the_scope(auth: AuthUnderTest) -> None:

@@ -201,14 +201,24 @@ async def test_rotation_end_to_end_through_another_services_interceptor(
 async def test_forced_rotation_stops_the_old_key_at_once(
     auth: AuthUnderTest,
 ) -> None:
-    before = (await auth.issue()).access_token
+    remembered = (await auth.issue()).access_token
+    unseen = (await auth.issue()).access_token
+    assert (await auth.verify(remembered)).valid  # now a remembered verdict
+    old_admin_token = auth.admin_token  # remembered by auth's own interceptor
 
     rotation = await _rotate(auth, force=True)
     await auth.renew_admin_token()
 
     assert rotation.previous_key.state == State.RETIRED
-    assert (await auth.verify(before)).reason == Reason.KEY_RETIRED
+    assert (await auth.verify(remembered)).reason == Reason.KEY_RETIRED
+    assert (await auth.verify(unseen)).reason == Reason.KEY_RETIRED
     assert (await auth.verify((await auth.issue()).access_token)).valid
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.stub.ListSigningKeys(
+            pb.ListSigningKeysRequest(), metadata=(bearer(old_admin_token),)
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(raised.value).reason == "KEY_RETIRED"
 
 
 async def test_keys_rotate_on_schedule(database_url: str, clock: FakeClock) -> None:

@@ -59,6 +59,23 @@ CASES = [
         pb.IssueTokenRequest(subject="a", claims=_claims(exp=1)),
         "claims.exp",
     ),
+    (
+        "IssueToken",
+        pb.IssueTokenRequest(subject="a", claims=_claims(level=float("inf"))),
+        "claims.level",
+    ),
+    (
+        "IssueToken",
+        pb.IssueTokenRequest(subject="a", claims=_claims(level=float("-inf"))),
+        "claims.level",
+    ),
+    (
+        "IssueToken",
+        pb.IssueTokenRequest(
+            subject="a", claims=_claims(team={"ratio": [1, float("nan")]})
+        ),
+        "claims.team",
+    ),
     ("VerifyToken", pb.VerifyTokenRequest(), "token"),
     ("VerifyToken", pb.VerifyTokenRequest(token="a.b.c", audience="evil"), "audience"),
     ("RefreshToken", pb.RefreshTokenRequest(), "refresh_token"),

@@ -9,7 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from empire.echo.v1 import echo_service_pb2 as echo_pb2
 from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
 from shared.clients import ServiceClient, bearer, connect
-from shared.echo import echo_service
+from shared.echo import SERVICE_NAME, EchoServicer, echo_service
+from shared.server import Service
 from tests.harness.grpc_errors import bad_request, error_info
 from tests.harness.servers import serve, test_server_settings
 from tests.harness.tokens import LocalIssuer
@@ -132,12 +133,48 @@ async def test_streaming_method_is_authorized_and_maps_errors(echo, issuer) -> N
     assert bad_request(caught.value).field_violations[0].field == "repeat"
 
 
-async def test_client_helper_adds_token_and_deadline(echo, issuer) -> None:
-    client = ServiceClient(echo, token=lambda: issuer.token(["echo:call"]), timeout=2)
+class DeadlineRecordingEcho(EchoServicer):
+    """The echo servicer, noting how much time each call had left on arrival."""
 
-    response = await client.Echo(echo_pb2.EchoRequest(message="via helper"))
+    def __init__(self) -> None:
+        self.time_remaining: list[float | None] = []
 
-    assert response.message == "via helper"
+    async def Echo(self, request, context):
+        self.time_remaining.append(context.time_remaining())
+        return await super().Echo(request, context)
+
+
+@pytest.mark.parametrize("source", ["text", "function", "coroutine"])
+async def test_client_helper_adds_token_and_deadline(issuer, source) -> None:
+    token = issuer.token(["echo:call"], subject="via-helper")
+
+    async def later() -> str:
+        return token
+
+    tokens = {"text": token, "function": lambda: token, "coroutine": later}
+    recorder = DeadlineRecordingEcho()
+    service = Service(
+        name="echo",
+        servicers=[(echo_grpc.add_EchoServiceServicer_to_server, recorder)],
+        service_names=[SERVICE_NAME],
+    )
+    async with serve(service, test_server_settings("auth"), issuer.verifier()) as up:
+        async with up.channel() as channel:
+            stub = echo_grpc.EchoServiceStub(channel)
+            client = ServiceClient(stub, token=tokens[source], timeout=2)
+
+            response = await client.Echo(echo_pb2.EchoRequest(message="via helper"))
+            await client.Echo(echo_pb2.EchoRequest(message="longer"), timeout=60)
+            await stub.Echo(
+                echo_pb2.EchoRequest(message="none"), metadata=[bearer(token)]
+            )
+
+    assert (response.message, response.caller) == ("via helper", "via-helper")
+    default, overridden, without = recorder.time_remaining
+    # gRPC carries the deadline as a coarse timeout, so allow for rounding.
+    assert default == pytest.approx(2, abs=1)
+    assert overridden == pytest.approx(60, abs=1)
+    assert without is None  # what a call without the helper's deadline sees
 
 
 async def test_health_reports_serving_for_the_service(issuer) -> None:
