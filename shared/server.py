@@ -130,6 +130,9 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Above the largest token the verifier accepts (8 KiB), so an
+            # oversized token is refused by it with a reason, not by gRPC.
+            ("grpc.max_metadata_size", 16 * 1024),
         ],
     )
     registration = _WrappingRegistration(server, interceptor)

@@ -372,14 +372,17 @@ async def test_attack_is_unauthenticated_with_its_reason(
     assert KEYS.fetches <= 1
 
 
-async def test_huge_token_is_refused_before_parsing() -> None:
-    # Checked on the verifier itself: past 8 KiB, gRPC's own metadata limit
-    # may refuse the call before any interceptor sees it.
+async def test_huge_token_is_refused_before_parsing(
+    echo: echo_grpc.EchoServiceStub,
+) -> None:
     verifier = KEYS.verifier()
     huge = KEYS.eddsa_token() + "A" * MAX_TOKEN_BYTES
     with pytest.raises(Unauthenticated) as raised:
         await verifier.verify(huge)
     assert raised.value.reason == "MALFORMED_TOKEN"
+    # Through a server too: its metadata limit is above the verifier's, so
+    # the caller hears the verifier's reason rather than gRPC's own refusal.
+    assert await _refusal(echo, huge) == "MALFORMED_TOKEN"
 
 
 async def test_jku_x5u_and_jwk_headers_are_never_followed(
