@@ -8,7 +8,9 @@ key cannot forge a consistent one.
 Every call waits until its event is committed (fail-closed). Calls that arrive
 together share one transaction: writes run their statements in it, in arrival
 order, and all their events are inserted with one statement, so a burst costs
-one commit instead of one per call.
+one commit instead of one per call. Each of those transactions first locks the
+chain head, so the batches of several replicas sharing one database queue
+instead of colliding on a sequence number.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,16 +27,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from services.vault.records import AuditRecord, ReadResult
-from services.vault.store import VaultStore
-from shared.db import Executor, UniqueViolation
-from shared.errors import EmpireError, Unavailable
+from services.vault.store import GENESIS_HASH, VaultStore
+from shared.db import CONFLICT_REASON, Executor, UniqueViolation
+from shared.errors import Aborted, EmpireError, Unavailable
 
 logger = logging.getLogger(__name__)
 
-GENESIS_HASH = "0" * 64
 OUTCOME_SUCCESS, OUTCOME_DENIED, OUTCOME_FAILURE = 1, 2, 3
 _MAX_BATCH = 256
-_BATCH_ATTEMPTS = 3
+_BATCH_ATTEMPTS = 5
+_RETRY_SECONDS = 0.01
 T = TypeVar("T")
 
 # A write's statements, run inside the shared transaction; returns the events
@@ -62,6 +65,22 @@ class ChainCheck:
     events_checked: int
     first_bad_sequence: int = 0
     problem: str = ""
+
+
+class ChainRewrite:
+    """The transaction of `AuditLog.exclusive`, holding the chain head."""
+
+    def __init__(self, log: AuditLog, tx: Executor, head: tuple[int, str]) -> None:
+        self.tx = tx
+        # The head when the transaction took the chain: what a rewrite replaces.
+        self.replaced_head = head
+        self._log = log
+
+    async def append(self, *entries: AuditEntry) -> None:
+        """Chains `entries` after the head the transaction now holds."""
+        store = self._log._store
+        head = await store.audit_head(self.tx) or (0, GENESIS_HASH)
+        await store.append_audit(self.tx, self._log._link(head, list(entries)))
 
 
 # Turns the row a batched read found (None: no such secret) into the events to
@@ -103,8 +122,6 @@ class AuditLog:
         self._key = key
         self._max_pending = max_pending
         self._lock = asyncio.Lock()
-        self._head: tuple[int, str] | None = None
-        self._head_loaded = False
         self._queue: list[_Job] = []
         self._writer: asyncio.Task[None] | None = None
         # Events of reads served from memory while the database was down.
@@ -155,36 +172,51 @@ class AuditLog:
         logger.info("recorded %s audit events held during the outage", len(entries))
 
     @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[Executor]:
-        """A transaction that may rewrite the whole chain (a restore)."""
-        async with self._lock:
-            try:
-                async with self._store.db.transaction() as tx:
-                    yield tx
-            finally:
-                self._head_loaded = False
+    async def exclusive(self) -> AsyncIterator[ChainRewrite]:
+        """A transaction that holds the chain (against every replica) and may
+        rewrite it whole, as a restore does."""
+        async with self._lock, self._store.db.transaction() as tx:
+            head = await self._store.lock_audit_head(tx)
+            yield ChainRewrite(self, tx, head)
 
     async def verify(self) -> ChainCheck:
+        # The head read first names events that must all be there; events
+        # appended while the check reads are checked too, but not required.
+        first_head = await self._store.audit_head() or (0, GENESIS_HASH)
         expected_sequence, previous = 1, GENESIS_HASH
         checked = 0
         while True:
             events = await self._store.audit_events({}, expected_sequence - 1, 1000)
             for event in events:
                 checked += 1
-                if event.sequence != expected_sequence:
-                    return ChainCheck(False, checked, expected_sequence, "SEQUENCE_GAP")
-                if event.previous_hash != previous:
-                    return ChainCheck(False, checked, event.sequence, "CHAIN_BROKEN")
-                if not hmac.compare_digest(chain_hash(self._key, event), event.hash):
-                    return ChainCheck(False, checked, event.sequence, "HASH_MISMATCH")
+                problem = self._check_link(event, expected_sequence, previous)
+                if problem:
+                    return ChainCheck(False, checked, *problem)
+                if event.sequence == first_head[0] and event.hash != first_head[1]:
+                    return ChainCheck(False, checked, event.sequence, "SEQUENCE_GAP")
                 expected_sequence, previous = event.sequence + 1, event.hash
             if len(events) < 1000:
                 break
-        head = await self._store.audit_head()
-        if (head or (0, GENESIS_HASH)) != (expected_sequence - 1, previous):
-            # Events after the last one found were deleted.
+        last = expected_sequence - 1
+        last_head = await self._store.audit_head() or (0, GENESIS_HASH)
+        if first_head[0] > last or last_head[0] < last:
+            # Events the head counts were deleted, or the head was moved back.
             return ChainCheck(False, checked, expected_sequence, "SEQUENCE_GAP")
+        if last_head[0] == last and last_head[1] != previous:
+            return ChainCheck(False, checked, last, "SEQUENCE_GAP")
         return ChainCheck(True, checked)
+
+    def _check_link(
+        self, event: AuditRecord, expected_sequence: int, previous: str
+    ) -> tuple[int, str] | None:
+        """(first bad sequence, problem) when `event` does not follow `previous`."""
+        if event.sequence != expected_sequence:
+            return expected_sequence, "SEQUENCE_GAP"
+        if event.previous_hash != previous:
+            return event.sequence, "CHAIN_BROKEN"
+        if not hmac.compare_digest(chain_hash(self._key, event), event.hash):
+            return event.sequence, "HASH_MISMATCH"
+        return None
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -201,7 +233,7 @@ class AuditLog:
             try:
                 outcomes = await self._commit_with_retries(batch)
             except BaseException as error:  # noqa: BLE001 - handed to every caller
-                failure = _as_unavailable(error)
+                failure = _batch_failure(error)
                 for job in batch:
                     _settle(job.future, failure, None)
                 continue
@@ -214,53 +246,46 @@ class AuditLog:
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 return await self._commit(batch)
-            except UniqueViolation:
-                # Another replica appended to the chain or created a secret
-                # first: the retry reads the new head and the new rows.
-                if attempt == _BATCH_ATTEMPTS - 1:
+            except (UniqueViolation, Aborted) as error:
+                # Under the head lock, replicas' batches no longer clash; a
+                # deadlock with the rewrap (which writes without that lock)
+                # still can. The retry runs the whole batch again on fresh rows.
+                if not _lost_conflict(error) or attempt == _BATCH_ATTEMPTS - 1:
                     raise
+                await asyncio.sleep(_RETRY_SECONDS * (1 + random.random()) * 2**attempt)
         raise AssertionError("unreachable")
 
     async def _commit(
         self, batch: list[_Job]
     ) -> list[tuple[BaseException | None, Any]]:
         outcomes: list[tuple[BaseException | None, Any]] = []
-        async with self._lock:
-            if not self._head_loaded:
-                self._head = await self._store.audit_head()
-                self._head_loaded = True
-            try:
-                async with self._store.db.transaction() as tx:
-                    # The batch's reads see the state before its writes, so
-                    # their events come first in the chain.
-                    reads = [job.read for job in batch if job.read is not None]
-                    rows = await self._store.read_many(tx, reads) if reads else {}
-                    read_entries: list[AuditEntry] = []
-                    entries: list[AuditEntry] = []
-                    for job in batch:
-                        if job.read is not None:
-                            outcome = _finish_read(job, rows.get(job.read))
-                            read_entries.extend(outcome[2])
-                        else:
-                            outcome = await _run(job, tx)
-                            entries.extend(outcome[2])
-                        outcomes.append(outcome[:2])
-                    entries = read_entries + entries
-                    if entries:
-                        records = self._link(self._head, entries)
-                        await self._store.append_audit(tx, records)
-            except BaseException:
-                # The commit may or may not have happened: read the head anew.
-                self._head_loaded = False
-                raise
+        async with self._lock, self._store.db.transaction() as tx:
+            # Locked first: the batch's rows are read only once no other
+            # replica can append, so chain order is commit order.
+            head = await self._store.lock_audit_head(tx)
+            # The batch's reads see the state before its writes, so their
+            # events come first in the chain.
+            reads = [job.read for job in batch if job.read is not None]
+            rows = await self._store.read_many(tx, reads) if reads else {}
+            read_entries: list[AuditEntry] = []
+            entries: list[AuditEntry] = []
+            for job in batch:
+                if job.read is not None:
+                    outcome = _finish_read(job, rows.get(job.read))
+                    read_entries.extend(outcome[2])
+                else:
+                    outcome = await _run(job, tx)
+                    entries.extend(outcome[2])
+                outcomes.append(outcome[:2])
+            entries = read_entries + entries
             if entries:
-                self._head = (records[-1].sequence, records[-1].hash)
+                await self._store.append_audit(tx, self._link(head, entries))
         return outcomes
 
     def _link(
-        self, head: tuple[int, str] | None, entries: list[AuditEntry]
+        self, head: tuple[int, str], entries: list[AuditEntry]
     ) -> list[AuditRecord]:
-        sequence, previous = head or (0, GENESIS_HASH)
+        sequence, previous = head
         records = []
         for entry in entries:
             sequence += 1
@@ -292,6 +317,10 @@ async def _run(
         entries, result = await job.mutate(tx)
     except Unavailable:
         raise  # the transaction itself is lost: the whole batch fails
+    except Aborted as error:
+        if _lost_conflict(error):
+            raise  # likewise, and the batch is retried
+        return error, None, []
     except EmpireError as error:
         return error, None, []
     return None, result, entries
@@ -319,9 +348,23 @@ def _settle(
         future.set_result(result)
 
 
-def _as_unavailable(error: BaseException) -> BaseException:
-    if isinstance(error, Unavailable | UniqueViolation):
+def _lost_conflict(error: BaseException) -> bool:
+    """Whether the batch's transaction lost to another one and may be rerun."""
+    return isinstance(error, UniqueViolation) or (
+        isinstance(error, Aborted) and error.reason == CONFLICT_REASON
+    )
+
+
+def _batch_failure(error: BaseException) -> BaseException:
+    """What every caller of a batch that could not commit is told."""
+    if isinstance(error, Unavailable):
         return error
+    if _lost_conflict(error):
+        logger.warning("an audit batch kept losing conflicts: %s", error)
+        return Aborted(
+            "the call kept conflicting with concurrent calls; retry",
+            reason="AUDIT_CONFLICT",
+        )
     logger.error("cannot record audit events", exc_info=error)
     return Unavailable(
         "the audit log cannot record the call", reason="AUDIT_UNAVAILABLE"

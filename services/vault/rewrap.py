@@ -4,6 +4,8 @@ Only the small wrapped data keys are rewritten, never the secrets' ciphertexts,
 and each batch is its own transaction that skips rows changed meanwhile. The
 work left is always "rows wrapped by an older version", read from the
 database, so a restart (even after kill -9) simply carries on where it stopped.
+A row whose data key does not unwrap is skipped and counted, not retried
+forever; the rewrap then ends FAILED, naming how many rows it left behind.
 """
 
 from __future__ import annotations
@@ -12,17 +14,21 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from services.vault.envelope import EnvelopeCipher
+from services.vault.envelope import EnvelopeCipher, SealedValue
+from services.vault.errors import DataLoss
 from services.vault.keyring import add_key_version, unwrap_keyring
+from services.vault.records import VersionRecord
 from services.vault.store import VaultStore
-from shared.db import UniqueViolation
-from shared.errors import Unavailable
+from shared.db import Executor, UniqueViolation
+from shared.errors import Aborted, Unavailable
 
 logger = logging.getLogger(__name__)
 
-IDLE, RUNNING, COMPLETE = 1, 2, 3
+IDLE, RUNNING, COMPLETE, FAILED = 1, 2, 3, 4
 _ADD_ATTEMPTS = 3
 _RETRY_SECONDS = 1.0
+_CONFLICT_RETRY_SECONDS = 0.1
+_START = ("", 0)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Progress:
     target_version: int
     rewrapped: int
     total: int
+    failed: int = 0
 
 
 class MasterKeyRotator:
@@ -49,6 +56,8 @@ class MasterKeyRotator:
         self._pause = pause_seconds
         self._task: asyncio.Task[None] | None = None
         self._state = IDLE
+        # (key id, version) of the rows this run could not unwrap.
+        self._failed: set[tuple[str, int]] = set()
         self._last = Progress(IDLE, cipher.keyring.current_version, 0, 0)
 
     @property
@@ -88,10 +97,17 @@ class MasterKeyRotator:
             return version
         raise AssertionError("unreachable")
 
-    async def reload_keyring(self) -> None:
-        keyring = unwrap_keyring(self._root_key, await self._store.master_keys())
-        for version in keyring.versions:
-            self._cipher.keyring.add(version, keyring.key(version))
+    async def reload_keyring(self, tx: Executor | None = None) -> None:
+        """Learns the keyring versions another replica added (one query when
+        there are none)."""
+        keyring = self._cipher.keyring
+        rows = await self._store.master_keys(after=keyring.current_version, tx=tx)
+        if not rows:
+            return
+        added = unwrap_keyring(self._root_key, rows)
+        for version in added.versions:
+            keyring.add(version, added.key(version))
+        logger.info("learned master key version %s", keyring.current_version)
 
     @property
     def last_progress(self) -> Progress:
@@ -99,11 +115,18 @@ class MasterKeyRotator:
 
     async def progress(self) -> Progress:
         try:
+            await self.reload_keyring()
             done, total = await self._store.rewrap_counts(self.target)
         except Unavailable:
             return self._last
-        state = RUNNING if self.running or done < total else self._state
-        self._last = Progress(state, self.target, done, total)
+        if self.running:
+            state = RUNNING
+        elif done < total:
+            # Rows this process gave up on, or a rewrap another replica runs.
+            state = FAILED if self._state == FAILED else RUNNING
+        else:
+            state = COMPLETE if self._state == FAILED else self._state
+        self._last = Progress(state, self.target, done, total, len(self._failed))
         return self._last
 
     async def close(self) -> None:
@@ -115,38 +138,90 @@ class MasterKeyRotator:
         if self.running:
             return  # the running loop reads the new target on its next batch
         self._state = RUNNING
+        self._failed = set()
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        position: tuple[str, int] | None = _START
+        while position is not None:
             try:
-                moved = await self._rewrap_batch()
+                position = await self._rewrap_batch(position)
             except Unavailable:
                 await asyncio.sleep(_RETRY_SECONDS)
                 continue
+            except Aborted:
+                # A deadlock with a writer, which PostgreSQL broke: go again.
+                logger.info("a rewrap batch lost a conflict with a writer; retrying")
+                await asyncio.sleep(_CONFLICT_RETRY_SECONDS)
+                continue
             except Exception:
                 logger.exception("the master-key rewrap stopped")
-                self._state = IDLE
-                return
-            if moved == 0:
-                self._state = COMPLETE
-                logger.info(
-                    "every data key is wrapped by master key version %s", self.target
-                )
+                self._state = FAILED
                 return
             if self._pause:
                 await asyncio.sleep(self._pause)
+        self._finish()
 
-    async def _rewrap_batch(self) -> int:
+    async def _rewrap_batch(self, after: tuple[str, int]) -> tuple[str, int] | None:
+        """Rewraps the rows after `after`; the position to go on from, or None
+        when nothing is left but rows that cannot be unwrapped."""
         target = self.target
-        batch = await self._store.versions_to_rewrap(target, self._batch_size)
+        batch = await self._store.versions_to_rewrap(target, self._batch_size, after)
         if not batch:
-            return 0
-        async with self._store.db.transaction() as tx:
-            for record in batch:
-                assert record.sealed is not None
-                sealed = self._cipher.rewrap(
-                    record.key_id, record.version, record.sealed, target
+            return None if await self._nothing_left() else _START
+        rewrapped = [
+            (record, sealed)
+            for record in batch
+            if (sealed := self._rewrapped(record, target)) is not None
+        ]
+        if rewrapped:
+            async with self._store.db.transaction() as tx:
+                for record, sealed in rewrapped:
+                    await self._store.store_rewrapped(tx, record, sealed)
+        return batch[-1].key_id, batch[-1].version
+
+    def _rewrapped(self, record: VersionRecord, target: int) -> SealedValue | None:
+        assert record.sealed is not None
+        try:
+            return self._cipher.rewrap(
+                record.key_id, record.version, record.sealed, target
+            )
+        except DataLoss as error:
+            if (record.key_id, record.version) not in self._failed:
+                self._failed.add((record.key_id, record.version))
+                logger.warning(
+                    "cannot rewrap version %s of %s (%s); it stays on master key"
+                    " version %s",
+                    record.version,
+                    record.key_id,
+                    error.reason,
+                    record.sealed.master_version,
                 )
-                await self._store.store_rewrapped(tx, record, sealed)
-        return len(batch)
+            return None
+
+    async def _nothing_left(self) -> bool:
+        """Whether every row older than the target is one this run gave up on.
+
+        Asked under the chain lock, which every write takes before it learns
+        the current master key version: a write that sealed with an older
+        version has committed by now, and any later one seals with the target.
+        """
+        async with self._store.db.transaction() as tx:
+            await self._store.lock_audit_head(tx)
+            left = await self._store.versions_to_rewrap(
+                self.target, len(self._failed) + 1, tx=tx
+            )
+        return all((row.key_id, row.version) in self._failed for row in left)
+
+    def _finish(self) -> None:
+        if self._failed:
+            self._state = FAILED
+            logger.warning(
+                "the rewrap to master key version %s left %s data keys it could"
+                " not unwrap",
+                self.target,
+                len(self._failed),
+            )
+            return
+        self._state = COMPLETE
+        logger.info("every data key is wrapped by master key version %s", self.target)

@@ -28,13 +28,8 @@ from shared.errors import (
     PermissionDenied,
     Unavailable,
 )
-from shared.pagination import (
-    decode_page_token,
-    encode_page_token,
-    integer_position,
-    text_position,
-)
-from shared.proto_time import epoch_ms, timestamp
+from shared.pagination import decode_page_token, encode_page_token
+from shared.proto_time import timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +81,10 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         size = validation.page_size(request.page_size)
         filters = [prefix, request.show_deleted]
         after = decode_page_token(
-            request.page_token, text_position, kind="secrets", filters=filters
+            request.page_token,
+            validation.key_position,
+            kind="secrets",
+            filters=filters,
         )
         principal = current_principal()
         async with self._audited(principal, "ListSecrets", prefix):
@@ -156,7 +154,7 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         within = validation.rotation_days(request.within_days, "within_days")
         filters = [prefix, within]
         after = decode_page_token(
-            request.page_token, _due_position, kind="due", filters=filters
+            request.page_token, validation.due_position, kind="due", filters=filters
         )
         position = after or (-(2**62), "")
         principal = current_principal()
@@ -197,21 +195,12 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
         self, request: pb.ListAuditEventsRequest, context: Any
     ) -> Any:
         size = validation.page_size(request.page_size)
-        _check_audit_filters(request)
-        filters = {
-            "key_id": request.key_id,
-            "actor": request.actor,
-            "action": request.action,
-            "outcome": int(request.outcome),
-            "start_ms": epoch_ms(request.start_time)
-            if request.HasField("start_time")
-            else None,
-            "end_ms": epoch_ms(request.end_time)
-            if request.HasField("end_time")
-            else None,
-        }
+        filters = _audit_filters(request)
         after = decode_page_token(
-            request.page_token, integer_position, kind="audit", filters=filters
+            request.page_token,
+            validation.sequence_position,
+            kind="audit",
+            filters=filters,
         )
         events = await self._runtime.store.audit_events(filters, after or 0, size + 1)
         page, more = events[:size], len(events) > size
@@ -263,17 +252,27 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
                 runtime.backup_key, runtime.root_key, runtime.audit_key, blob
             )
             keyring = _snapshot_keyring(runtime.root_key, snapshot)
-            async with runtime.audit.exclusive() as tx:
-                if not replace_existing and await runtime.store.count_secrets(tx):
+            async with runtime.audit.exclusive() as chain:
+                if not replace_existing and await runtime.store.count_secrets(chain.tx):
                     raise FailedPrecondition(
                         "the vault holds secrets; set replace_existing to replace them",
                         reason="VAULT_NOT_EMPTY",
                     )
-                await runtime.store.replace_all(tx, snapshot.tables)
+                await runtime.store.replace_all(chain.tx, snapshot.tables)
+                # The restored chain goes on with an event naming the head of
+                # the chain it replaced, so that one stays anchored.
+                replaced_events, replaced_hash = chain.replaced_head
+                await chain.append(
+                    AuditEntry(
+                        principal.subject,
+                        "Restore",
+                        version=replaced_events,
+                        value_hmac=replaced_hash,
+                    )
+                )
             if keyring is not None:
                 runtime.cipher.keyring = keyring
             runtime.cache.clear()
-            await self._vault.record(AuditEntry(principal.subject, "Restore", ""))
             await runtime.rotator.resume()
         secrets, versions, events = snapshot.counts
         return pb.RestoreResponse(
@@ -394,11 +393,10 @@ AUDITED_ACTIONS = frozenset(
 )
 
 
-def _check_audit_filters(request: pb.ListAuditEventsRequest) -> None:
+def _audit_filters(request: pb.ListAuditEventsRequest) -> dict[str, Any]:
     if request.key_id:
         validation.key_id(request.key_id)
-    if len(request.actor) > validation.MAX_KEY_ID_LENGTH:
-        raise InvalidArgument("actor", "is too long", reason="OUT_OF_RANGE")
+    validation.plain_text(request.actor, "actor", validation.MAX_KEY_ID_LENGTH)
     if request.action and request.action not in AUDITED_ACTIONS:
         raise InvalidArgument(
             "action", "is not a VaultService method name", reason="UNKNOWN_ACTION"
@@ -407,21 +405,26 @@ def _check_audit_filters(request: pb.ListAuditEventsRequest) -> None:
         raise InvalidArgument(
             "outcome", "is not a known outcome", reason="UNKNOWN_OUTCOME"
         )
-    if (
-        request.HasField("start_time")
-        and request.HasField("end_time")
-        and epoch_ms(request.end_time) < epoch_ms(request.start_time)
-    ):
+    start_ms = _optional_time(request, "start_time")
+    end_ms = _optional_time(request, "end_time")
+    if start_ms is not None and end_ms is not None and end_ms < start_ms:
         raise InvalidArgument(
             "end_time", "must not be before start_time", reason="OUT_OF_RANGE"
         )
+    return {
+        "key_id": request.key_id,
+        "actor": request.actor,
+        "action": request.action,
+        "outcome": int(request.outcome),
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+    }
 
 
-def _due_position(position: Any) -> tuple[int, str]:
-    due_ms, key_id = position
-    if not isinstance(due_ms, int) or not isinstance(key_id, str):
-        raise TypeError("not a (due time, key id) position")
-    return due_ms, key_id
+def _optional_time(request: pb.ListAuditEventsRequest, field: str) -> int | None:
+    if not request.HasField(field):
+        return None
+    return validation.timestamp_ms(getattr(request, field), field)
 
 
 def _snapshot_keyring(
@@ -472,6 +475,7 @@ def _progress(progress: Any) -> pb.RewrapProgress:
         target_master_key_version=progress.target_version,
         rewrapped_versions=progress.rewrapped,
         total_versions=progress.total,
+        failed_versions=progress.failed,
     )
 
 

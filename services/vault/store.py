@@ -17,6 +17,7 @@ from services.vault.records import (
 from shared.db import Database, Executor, Row, open_database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+GENESIS_HASH = "0" * 64
 
 _SECRET_COLUMNS = (
     "s.key_id, s.secret_type, s.labels, s.rotation_frequency_days,"
@@ -68,9 +69,14 @@ class VaultStore:
 
     # The keyring ---------------------------------------------------------
 
-    async def master_keys(self) -> list[tuple[int, bytes]]:
-        rows = await self.db.fetchall(
-            "SELECT version, wrapped_key FROM vault_master_keys ORDER BY version"
+    async def master_keys(
+        self, after: int = 0, tx: Executor | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The keyring's rows above version `after`, in version order."""
+        rows = await (tx or self.db).fetchall(
+            "SELECT version, wrapped_key FROM vault_master_keys WHERE version > %s"
+            " ORDER BY version",
+            (after,),
         )
         return [(int(version), bytes(wrapped)) for version, wrapped in rows]
 
@@ -230,12 +236,22 @@ class VaultStore:
 
     # The master-key rewrap -------------------------------------------------
 
-    async def versions_to_rewrap(self, target: int, limit: int) -> list[VersionRecord]:
-        rows = await self.db.fetchall(
+    async def versions_to_rewrap(
+        self,
+        target: int,
+        limit: int,
+        after: tuple[str, int] = ("", 0),
+        tx: Executor | None = None,
+    ) -> list[VersionRecord]:
+        """Live versions wrapped before `target`, in (key id, version) order
+        from just after `after`."""
+        after_key, after_version = after
+        rows = await (tx or self.db).fetchall(
             f"SELECT {_VERSION_COLUMNS} FROM vault_versions v"
             " WHERE v.master_version < %s AND v.wrapped_key IS NOT NULL"
+            " AND (v.key_id > %s OR (v.key_id = %s AND v.version > %s))"
             " ORDER BY v.key_id, v.version LIMIT %s",
-            (target, limit),
+            (target, after_key, after_key, after_version, limit),
         )
         return [record for record in map(_version, rows) if record is not None]
 
@@ -268,6 +284,29 @@ class VaultStore:
         return int(row[0]), int(row[1])
 
     # The audit chain -------------------------------------------------------
+
+    async def lock_audit_head(self, tx: Executor) -> tuple[int, str]:
+        """The chain head, locked until `tx` ends.
+
+        Every transaction that appends to the chain takes this first, so
+        appends from several replicas queue one after another instead of
+        colliding on a sequence number or deadlocking on each other's rows; on
+        SQLite the write lock of `BEGIN IMMEDIATE` already serialises them.
+        """
+        if self.db.dialect != "postgres":
+            return await self.audit_head(tx) or (0, GENESIS_HASH)
+        lock = "SELECT sequence, hash FROM vault_audit_head WHERE id = 1 FOR UPDATE"
+        row = await tx.fetchone(lock)
+        if row is None:
+            # A new (or just restored) vault: create the row there is to lock.
+            await tx.execute(
+                "INSERT INTO vault_audit_head (id, sequence, hash)"
+                " VALUES (1, 0, %s) ON CONFLICT (id) DO NOTHING",
+                (GENESIS_HASH,),
+            )
+            row = await tx.fetchone(lock)
+        assert row is not None
+        return int(row[0]), str(row[1])
 
     async def audit_head(self, tx: Executor | None = None) -> tuple[int, str] | None:
         row = await (tx or self.db).fetchone(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
 
 from shared import pagination
 from shared.errors import InvalidArgument
+from shared.proto_time import epoch_ms
 
 MAX_KEY_ID_LENGTH = 256
 MAX_LABELS = 64
@@ -15,10 +19,16 @@ MAX_ROTATION_DAYS = 3650
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_DESTROY_VERSIONS = 100
+# The range a Timestamp may hold (years 1 to 9999), as every store can keep it.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_INT64 = 2**63 - 1
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-/]*")
 _LABEL_KEY = re.compile(r"[a-z0-9_\-]{1,63}")
+# C0 and C1 controls and DEL; PostgreSQL refuses NUL in text outright.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def key_id(value: str, field: str = "key_id") -> str:
@@ -78,6 +88,31 @@ def labels(value: Mapping[str, str], field: str = "labels") -> dict[str, str]:
     return dict(value)
 
 
+def plain_text(value: str, field: str, max_length: int) -> str:
+    """Free text matched against stored text (an actor): bounded, no controls."""
+    if len(value) > max_length:
+        raise InvalidArgument(
+            field, f"must be at most {max_length} characters", reason="OUT_OF_RANGE"
+        )
+    if _CONTROL.search(value):
+        raise InvalidArgument(
+            field, "must not contain control characters", reason="CONTROL_CHARACTER"
+        )
+    return value
+
+
+def timestamp_ms(value: timestamp_pb2.Timestamp, field: str) -> int:
+    """Epoch milliseconds of a valid Timestamp (years 1 to 9999)."""
+    if not (
+        MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= value.nanos < 1_000_000_000
+    ):
+        raise InvalidArgument(
+            field, "must be a valid time in the years 1 to 9999", reason="OUT_OF_RANGE"
+        )
+    return epoch_ms(value)
+
+
 def rotation_days(value: int, field: str = "rotation_frequency_days") -> int:
     if not 0 <= value <= MAX_ROTATION_DAYS:
         raise InvalidArgument(
@@ -106,3 +141,29 @@ def page_size(value: int, field: str = "page_size") -> int:
         over_maximum="reject",
         field=field,
     )
+
+
+# Readers of page-token positions. A token's digest is no signature, so its
+# position is checked like any input; a ValueError makes it INVALID_ARGUMENT.
+
+
+def key_position(position: Any) -> str:
+    """The key id a ListSecrets page ended on."""
+    if not isinstance(position, str) or (position and not _KEY_ID.fullmatch(position)):
+        raise ValueError("not a key id position")
+    return position
+
+
+def sequence_position(position: Any) -> int:
+    """The audit sequence number a page ended on."""
+    if type(position) is not int or not 0 <= position <= MAX_INT64:
+        raise ValueError("not a sequence position")
+    return position
+
+
+def due_position(position: Any) -> tuple[int, str]:
+    """The (due time, key id) a ListDueRotations page ended on."""
+    due_ms, key_id = position
+    if type(due_ms) is not int or not -MAX_INT64 <= due_ms <= MAX_INT64:
+        raise ValueError("not a due time")
+    return due_ms, key_position(key_id)

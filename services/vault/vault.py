@@ -25,7 +25,7 @@ from services.vault.errors import DataLoss
 from services.vault.fallback import FallbackSecrets
 from services.vault.records import ReadResult, SecretRecord, VersionRecord
 from services.vault.store import VaultStore
-from shared.db import Executor, UniqueViolation
+from shared.db import Executor
 from shared.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class SecretVault:
         health: DatabaseHealth,
         max_versions: int,
         fallback: FallbackSecrets,
-        reload_keyring: Callable[[], Awaitable[None]] | None = None,
+        reload_keyring: Callable[[Executor | None], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._cipher = cipher
@@ -196,10 +196,6 @@ class SecretVault:
 
         try:
             result: T = await self._audit.write(job)
-        except UniqueViolation:
-            raise Aborted(
-                "concurrent writes kept clashing; retry", reason="CONCURRENT_WRITE"
-            ) from None
         except Unavailable:
             self._health.mark_down()
             raise
@@ -231,6 +227,10 @@ class SecretVault:
             next_rotation_ms=now + rotation_days * DAY_MS if rotation_days else None,
             delete_time_ms=None,
         )
+        if self._reload is not None:
+            # Inside the chain lock, so a master key another replica added is
+            # seen here before its rewrap can call itself complete.
+            await self._reload(tx)
         sealed = self._cipher.seal(new.key_id, version, new.value)
         if current is None:
             await self._store.insert_secret(tx, secret)
@@ -322,7 +322,7 @@ class SecretVault:
             if error.reason != "MASTER_KEY_VERSION_UNKNOWN" or self._reload is None:
                 raise
             # Another replica rotated the master key: learn the new version.
-            await self._reload()
+            await self._reload(None)
             plain = await self._audit.read(key_id, version, then)
         return plain
 

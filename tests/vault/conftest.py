@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +25,7 @@ from tests.harness.servers import serve, test_server_settings
 from tests.harness.tokens import LocalIssuer
 
 ADMIN = ("*",)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def vault_settings(
@@ -123,3 +129,47 @@ class running_vault:  # noqa: N801 - used like a function
     async def __aexit__(self, *exc: object) -> None:
         await self._channel.close()
         await self._serving.__aexit__(None, None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def vault_process(
+    database_url: str, master_key: bytes, **extra: str
+) -> AsyncIterator[
+    tuple[subprocess.Popen[bytes], vault_service_pb2_grpc.VaultServiceStub]
+]:
+    """A vault served by its own process (`python -m services.vault`), so
+    that it can be killed, or contend with another replica for real."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "EMPIRE_VAULT_DATABASE_URL": database_url,
+        "EMPIRE_VAULT_MASTER_KEY": base64.b64encode(master_key).decode(),
+        "EMPIRE_VAULT_PORT": str(port),
+        "EMPIRE_VAULT_HTTP_PORT": "0",
+        # The test signs no tokens: the subprocess runs with authentication off.
+        "EMPIRE_AUTH_ENABLED": "false",
+        "EMPIRE_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.vault"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await channel.channel_ready()
+        yield process, vault_service_pb2_grpc.VaultServiceStub(channel)
+    finally:
+        await channel.close()
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=20)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from empire.vault.v1 import vault_service_pb2 as pb
+from services.vault.validation import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
 from shared.db import open_database
-from tests.harness.grpc_errors import bad_request
+from tests.harness.grpc_errors import bad_request, error_info
 from tests.vault.conftest import RunningVault
 
 
@@ -181,3 +185,76 @@ async def test_bad_audit_filters_are_invalid(
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request(caught.value).field_violations[0].field == field
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field", "reason"),
+    [
+        pytest.param({"actor": "a\x00b"}, "actor", "CONTROL_CHARACTER", id="nul"),
+        pytest.param({"actor": "a\nb"}, "actor", "CONTROL_CHARACTER", id="newline"),
+        pytest.param(
+            {"start_time": Timestamp(seconds=2**62)},
+            "start_time",
+            "OUT_OF_RANGE",
+            id="far-start",
+        ),
+        pytest.param(
+            {"end_time": Timestamp(seconds=-(2**62))},
+            "end_time",
+            "OUT_OF_RANGE",
+            id="far-end",
+        ),
+        pytest.param(
+            {"start_time": Timestamp(seconds=1, nanos=-1)},
+            "start_time",
+            "OUT_OF_RANGE",
+            id="negative-nanos",
+        ),
+    ],
+)
+async def test_audit_filters_no_store_can_hold_are_invalid(
+    vault: RunningVault, request_fields: dict[str, object], field: str, reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.client.call(
+            "ListAuditEvents", pb.ListAuditEventsRequest(**request_fields)
+        )
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(caught.value).field_violations[0].field == field
+    assert error_info(caught.value).reason == reason
+
+
+async def test_time_filters_at_the_edges_of_the_range_are_served(
+    vault: RunningVault,
+) -> None:
+    await vault.client.put("k", b"v")
+
+    found = await events(
+        vault,
+        start_time=Timestamp(seconds=MIN_TIMESTAMP_SECONDS),
+        end_time=Timestamp(seconds=MAX_TIMESTAMP_SECONDS, nanos=999_999_999),
+    )
+
+    assert [event.action for event in found] == ["PutSecret"]
+
+
+async def test_verify_during_appends_finds_the_chain_intact(
+    vault: RunningVault,
+) -> None:
+    stop = asyncio.Event()
+
+    async def traffic(number: int) -> None:
+        while not stop.is_set():
+            await vault.client.put(f"k{number}", b"v")
+            await vault.client.get(f"k{number}")
+
+    writers = [asyncio.create_task(traffic(number)) for number in range(8)]
+    try:
+        checks = [await verify(vault) for _ in range(20)]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+
+    assert [check.problem for check in checks if not check.intact] == []
+    assert checks[-1].events_checked > checks[0].events_checked

@@ -122,3 +122,30 @@ async def test_garbage_is_not_a_snapshot(vault: RunningVault) -> None:
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).reason == "BACKUP_FORMAT_UNKNOWN"
+
+
+async def test_restore_records_the_head_of_the_chain_it_replaces(
+    vault: RunningVault,
+) -> None:
+    await vault.client.put("k", b"old")
+    blob = await take_backup(vault)
+    await vault.client.put("k", b"new")
+    await vault.client.get("k")
+    before = await vault.client.call(
+        "ListAuditEvents", pb.ListAuditEventsRequest(page_size=1000)
+    )
+    replaced_head = before.events[-1]
+
+    restored = await restore(vault, blob, replace_existing=True)
+    after = await vault.client.call(
+        "ListAuditEvents", pb.ListAuditEventsRequest(page_size=1000)
+    )
+    chain = await vault.client.call("VerifyAuditLog", pb.VerifyAuditLogRequest())
+
+    anchor = after.events[-1]
+    assert anchor.action == "Restore"
+    assert anchor.sequence == restored.audit_events + 1
+    assert anchor.version == replaced_head.sequence
+    assert anchor.value_hmac == replaced_head.hash
+    assert chain.intact
+    assert chain.events_checked == anchor.sequence

@@ -7,68 +7,16 @@ is a real SIGKILL, with no chance to clean up.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-
-import grpc
 
 from empire.vault.v1 import vault_service_pb2 as pb
 from empire.vault.v1 import vault_service_pb2_grpc
 from shared.db import open_database
 from tests.harness.tokens import LocalIssuer
-from tests.vault.conftest import running_vault, vault_settings
+from tests.vault.conftest import running_vault, vault_process, vault_settings
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRETS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def vault_process(
-    database_url: str, master_key: bytes, **extra: str
-) -> AsyncIterator[
-    tuple[subprocess.Popen[bytes], vault_service_pb2_grpc.VaultServiceStub]
-]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "EMPIRE_VAULT_DATABASE_URL": database_url,
-        "EMPIRE_VAULT_MASTER_KEY": base64.b64encode(master_key).decode(),
-        "EMPIRE_VAULT_PORT": str(port),
-        "EMPIRE_VAULT_HTTP_PORT": "0",
-        # The test signs no tokens: the subprocess runs with authentication off.
-        "EMPIRE_AUTH_ENABLED": "false",
-        "EMPIRE_LOG_LEVEL": "WARNING",
-        **extra,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.vault"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        await channel.channel_ready()
-        yield process, vault_service_pb2_grpc.VaultServiceStub(channel)
-    finally:
-        await channel.close()
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=20)
 
 
 async def status(stub: vault_service_pb2_grpc.VaultServiceStub) -> pb.GetStatusResponse:

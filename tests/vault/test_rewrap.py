@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import psycopg
+import pytest
 
 from empire.vault.v1 import vault_service_pb2 as pb
 from shared.db import open_database
 from tests.harness.tokens import LocalIssuer
-from tests.vault.conftest import RunningVault, running_vault
+from tests.vault.conftest import RunningVault, running_vault, vault_settings
 
 
-async def wait_for_rewrap(vault: RunningVault) -> pb.GetStatusResponse:
+async def wait_for_rewrap(
+    vault: RunningVault, state: int = pb.REWRAP_STATE_COMPLETE
+) -> pb.GetStatusResponse:
     for _ in range(400):
         status = await vault.client.status()
-        if status.rewrap.state == pb.REWRAP_STATE_COMPLETE:
+        if status.rewrap.state == state:
             return status
         await asyncio.sleep(0.05)
-    raise AssertionError(f"the rewrap did not complete: {status.rewrap}")
+    raise AssertionError(f"the rewrap did not reach {state}: {status.rewrap}")
 
 
 async def master_versions(vault: RunningVault) -> set[int]:
@@ -78,3 +84,87 @@ async def test_replica_learns_a_master_key_another_replica_added(
         got = await vault.client.get("written-by-replica")
 
     assert got.value == b"v"
+
+
+async def test_a_data_key_that_does_not_unwrap_is_skipped_and_reported(
+    vault: RunningVault, caplog: pytest.LogCaptureFixture
+) -> None:
+    for number in range(6):
+        await vault.client.put(f"k{number}", f"value-{number}".encode())
+    db = await open_database(vault.settings.database_url)
+    try:
+        damaged = await db.fetchone(
+            "SELECT wrapped_key FROM vault_versions WHERE key_id = 'k3'"
+        )
+        assert damaged is not None
+        await db.execute(
+            "UPDATE vault_versions SET wrapped_key = %s WHERE key_id = 'k3'",
+            (bytes(len(damaged[0])),),
+        )
+    finally:
+        await db.close()
+
+    with caplog.at_level(logging.WARNING, logger="services.vault.rewrap"):
+        await vault.client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+        status = await wait_for_rewrap(vault, pb.REWRAP_STATE_FAILED)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+
+    assert status.rewrap.failed_versions == 1
+    assert status.rewrap.rewrapped_versions == 5
+    assert status.rewrap.total_versions == 6
+    assert await master_versions(vault) == {1, 2}
+    assert "version 1 of k3 (CIPHERTEXT_INVALID)" in logged
+    assert "value-" not in logged and damaged[0].hex() not in logged
+    for number in (0, 1, 2, 4, 5):
+        assert (
+            await vault.client.get(f"k{number}")
+        ).value == f"value-{number}".encode()
+
+
+@pytest.mark.postgres
+async def test_rewrap_retries_after_losing_a_deadlock_to_a_writer(
+    postgres_url: str,
+    master_key: bytes,
+    issuer: LocalIssuer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.vault.rewrap")
+    async with running_vault(vault_settings(postgres_url, master_key), issuer) as vault:
+        await vault.client.put("a", b"va")
+        await vault.client.put("b", b"vb")
+        writer = await psycopg.AsyncConnection.connect(postgres_url)
+        try:
+            # The writer holds b; the rewrap takes a, then waits for b; the
+            # writer then asks for a, and PostgreSQL aborts the rewrap's
+            # transaction, which waited longer.
+            await writer.execute("SET deadlock_timeout = '30s'")
+            await writer.execute(
+                "SELECT 1 FROM vault_versions WHERE key_id = 'b' FOR UPDATE"
+            )
+            await vault.client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+            await wait_for_lock_waiter(writer)
+            await writer.execute(
+                "UPDATE vault_versions SET create_time_ms = create_time_ms"
+                " WHERE key_id = 'a'"
+            )
+            await writer.rollback()
+        finally:
+            await writer.close()
+        status = await wait_for_rewrap(vault)
+
+    assert "lost a conflict with a writer" in caplog.text
+    assert status.rewrap.rewrapped_versions == status.rewrap.total_versions == 2
+    assert status.rewrap.failed_versions == 0
+
+
+async def wait_for_lock_waiter(conn: psycopg.AsyncConnection[object]) -> None:
+    for _ in range(200):
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        row = await cursor.fetchone()
+        if row is not None and row[0]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the rewrap never waited for the writer's lock")

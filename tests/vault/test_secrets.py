@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from empire.vault.v1 import vault_service_pb2 as pb
+from shared.pagination import encode_page_token
 from tests.harness.grpc_errors import bad_request, error_info
 from tests.vault.conftest import RunningVault
 
@@ -281,3 +282,76 @@ async def test_list_due_rotations_within_a_window(vault: RunningVault) -> None:
 
     assert [r.key_id for r in due.rotations] == ["soon"]
     assert due.rotations[0].rotation_frequency_days == 5
+
+
+EMPTY_AUDIT_FILTERS = {
+    "key_id": "",
+    "actor": "",
+    "action": "",
+    "outcome": 0,
+    "start_ms": None,
+    "end_ms": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "request_type", "kind", "filters", "sane", "forged"),
+    [
+        pytest.param(
+            "ListSecrets",
+            pb.ListSecretsRequest,
+            "secrets",
+            ["", False],
+            "a",
+            "a\x00b",
+            id="secrets-nul",
+        ),
+        pytest.param(
+            "ListAuditEvents",
+            pb.ListAuditEventsRequest,
+            "audit",
+            EMPTY_AUDIT_FILTERS,
+            1,
+            2**70,
+            id="audit-huge",
+        ),
+        pytest.param(
+            "ListDueRotations",
+            pb.ListDueRotationsRequest,
+            "due",
+            ["", 0],
+            [0, "k"],
+            [2**70, "k"],
+            id="due-huge",
+        ),
+        pytest.param(
+            "ListDueRotations",
+            pb.ListDueRotationsRequest,
+            "due",
+            ["", 0],
+            [0, "k"],
+            [0, "a\x00b"],
+            id="due-nul",
+        ),
+    ],
+)
+async def test_forged_page_token_positions_are_invalid(
+    vault: RunningVault,
+    method: str,
+    request_type: type,
+    kind: str,
+    filters: object,
+    sane: object,
+    forged: object,
+) -> None:
+    # The token's digest is no signature: anyone can build one, so the one
+    # built with a sane position is served.
+    def token(position: object) -> str:
+        return encode_page_token(position, kind=kind, filters=filters)
+
+    await vault.client.call(method, request_type(page_token=token(sane)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.client.call(method, request_type(page_token=token(forged)))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(caught.value).field_violations[0].field == "page_token"
