@@ -17,6 +17,13 @@ other callers wait for that fill instead of calling the origin too. When the
 origin fails, a stale response within the route's stale-if-error window is
 served instead of the error. When the cache itself fails, calls go straight
 to the origin: caching never turns into an outage.
+
+Responses are kept per caller: unless a method is marked `shared`, its cache
+key ends with a digest of who calls, read from the call's outgoing bearer
+token (the token's verified subject when the ResponseCache has a verifier, so
+a caller's fresh tokens share entries; otherwise the token itself). A call
+whose token does not verify skips the cache. Mark a method `shared` only when
+its responses do not depend on the caller.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,8 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from empire.cache.v1 import cache_service_pb2 as cache_pb
+from shared.authn import TokenVerifier, bearer_token
+from shared.errors import EmpireError, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +62,21 @@ class CachedMethod:
     """How one RPC is cached.
 
     `key` builds the cache key from the request (default: the method and a
-    digest of the request's deterministic serialization); `tags` names the
-    surrogate keys of a response, for purges by tag; `vary` gives the values
-    of the route's vary-on names (such as the caller's principal);
-    `ttl_seconds` overrides the route's TTL.
+    digest of the request's deterministic serialization); unless `shared`,
+    the caller's digest is appended to it, so purge per-caller entries by tag
+    or key prefix. `tags` names the surrogate keys of a response, for purges
+    by tag; `vary` gives the values of the route's vary-on names from the
+    request and the call's outgoing metadata (names in lower case, repeated
+    values joined by ","); `ttl_seconds` overrides the route's TTL; `shared`
+    lets every caller be answered with the same cached response.
     """
 
     route_id: str
     key: Callable[[Message], str] | None = None
     tags: Callable[[Message, Message], Sequence[str]] | None = None
-    vary: Callable[[Message], Mapping[str, str]] | None = None
+    vary: Callable[[Message, Mapping[str, str]], Mapping[str, str]] | None = None
     ttl_seconds: int | None = None
+    shared: bool = False
 
 
 def default_key(method: str, request: Message) -> str:
@@ -80,11 +93,13 @@ class ResponseCache:
         methods: Mapping[str, CachedMethod],
         *,
         max_wait_ms: int = 5000,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         # `cache` is a client with awaitable Lookup and Store (shared.clients.connect).
         self._cache = cache
         self._methods = dict(methods)
         self._max_wait_ms = max_wait_ms
+        self._verifier = verifier
         self._refreshes: set[asyncio.Task[None]] = set()
 
     def method(self, path: str) -> CachedMethod | None:
@@ -96,11 +111,21 @@ class ResponseCache:
         request: Message,
         invoke: Callable[[], Awaitable[Message]],
         response_type: type[Message],
+        metadata: Iterable[tuple[str, str | bytes]] | None = None,
     ) -> Message:
-        """The response to `request`: cached, or from `invoke` and then stored."""
+        """The response to `request`: cached, or from `invoke` and then stored.
+
+        `metadata` is what the call sends to the origin; the caller's identity
+        and any `vary` values are read from it.
+        """
         method = self._methods[path]
         key = method.key(request) if method.key else default_key(path, request)
-        vary = dict(method.vary(request)) if method.vary else {}
+        if not method.shared:
+            caller = await self._caller(metadata)
+            if caller is None:
+                return await invoke()
+            key = f"{key}@{caller}"
+        vary = dict(method.vary(request, _as_mapping(metadata))) if method.vary else {}
         lookup = cache_pb.LookupRequest(
             route_id=method.route_id,
             key=key,
@@ -133,6 +158,31 @@ class ResponseCache:
     async def close(self) -> None:
         for task in list(self._refreshes):
             task.cancel()
+
+    async def _caller(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> str | None:
+        """A digest naming who calls; None when its token does not verify."""
+        token = bearer_token(metadata)
+        if token is None:
+            return "anonymous"
+        if self._verifier is None:
+            return _digest("token", token)
+        try:
+            principal = await self._verifier.verify(token)
+        except EmpireError as error:
+            # The origin refuses such a token itself; the cache must not answer.
+            logger.log(
+                logging.DEBUG
+                if isinstance(error, Unauthenticated)
+                else logging.WARNING,
+                "caller not verified (%s); the call skips the cache",
+                error.reason,
+            )
+            return None
+        if principal.is_anonymous:
+            return _digest("token", token)
+        return _digest("subject", principal.subject)
 
     async def _lookup(self, lookup: cache_pb.LookupRequest) -> Any:
         try:
@@ -233,7 +283,13 @@ class CachingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             call = await continuation(client_call_details, request)
             return await call
 
-        return await self._cache.call(path, request, invoke, self._response_type(path))
+        return await self._cache.call(
+            path,
+            request,
+            invoke,
+            self._response_type(path),
+            client_call_details.metadata,
+        )
 
     def _response_type(self, path: str) -> type[Message]:
         response_type = self._response_types.get(path)
@@ -244,6 +300,20 @@ class CachingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             response_type = message_factory.GetMessageClass(descriptor.output_type)
             self._response_types[path] = response_type
         return response_type
+
+
+def _digest(kind: str, identity: str) -> str:
+    text = hashlib.sha256(f"{kind}\0{identity}".encode()).hexdigest()[:32]
+    return f"{kind}-{text}"
+
+
+def _as_mapping(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    """Text metadata by lower-case name; repeated values joined by ","."""
+    values: dict[str, list[str]] = {}
+    for name, value in metadata or ():
+        if isinstance(value, str):
+            values.setdefault(name.lower(), []).append(value)
+    return {name: ",".join(found) for name, found in values.items()}
 
 
 def _parse(response_type: type[Message], value: bytes) -> Message | None:

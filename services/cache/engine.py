@@ -5,8 +5,9 @@ every replica sees; each store and invalidation is published so that the other
 replicas drop their L1 copies. While the subscription is lost this replica
 cannot know what it missed: it keeps serving L1 entries for at most
 `disconnected_max_age_s` after the loss (or after their local store, if later),
-queues its own invalidations, and on reconnect clears L1 and replays the queue
-before it uses Redis again.
+and on reconnect clears L1 before it uses Redis again. An invalidation it
+cannot hand to Redis is applied to its own L1 and refused as UNAVAILABLE, never
+acknowledged: the other replicas and Redis still hold the entries.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,11 +50,10 @@ from services.cache.stats import (
     SHARED_TIER_UP,
     CacheStats,
 )
-from shared.errors import Aborted, InvalidArgument
+from shared.errors import Aborted, InvalidArgument, Unavailable
 
 logger = logging.getLogger(__name__)
 
-_PENDING_LIMIT = 10_000
 _LOG_CAPACITY = 65_536
 _FIRST_CONNECT_WAIT_S = 2.0
 
@@ -150,8 +149,6 @@ class CacheEngine:
         self._leases = LocalLeases(replica_id, lease_timeout_s)
         self._log = CoherenceLog(_LOG_CAPACITY)
         self._fills: dict[str, asyncio.Event] = {}
-        self._pending: deque[Selector] = deque()
-        self._pending_overflow = False
         self._shared_up = False
         self._lost_at: float | None = time.monotonic()
         self._restart = asyncio.Event()
@@ -279,29 +276,36 @@ class CacheEngine:
     async def invalidate(self, selector: Selector) -> int:
         """Invalidates on every replica; the count is of shared entries reached.
 
-        Returns once every other subscribed replica acknowledged applying it
-        (or the ack timeout passed), so the next lookup anywhere sees it.
+        Returns once Redis applied it and every other subscribed replica
+        acknowledged it (or the ack timeout passed), so the next lookup
+        anywhere sees it. When Redis cannot be reached (or fails part way)
+        this replica's L1 still drops the entries, and Unavailable is raised:
+        the other replicas, and replicas started later, would serve them, so
+        the caller must retry (an invalidation may be repeated safely).
         """
-        count: int | None = None
-        if self._shared_up and self._tier is not None:
-            ack_id = secrets.token_hex(8)
-            acks = self._acks[ack_id] = _AckWait()
-            try:
-                count, receivers = await self._tier.invalidate(
-                    selector, _now_ms(), ack_id
-                )
-                # This replica's own subscription is one of the receivers.
-                acks.expect(receivers - 1)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(acks.done.wait(), self._ack_timeout_s)
-            except REDIS_FAILURES:
-                self._shared_failed()
-            finally:
-                del self._acks[ack_id]
-        if count is None and self._tier is not None:
-            self._queue(selector)
-        local = self._apply(selector)
-        return local if count is None else count
+        if self._tier is None:
+            return self._apply(selector)
+        if not self._shared_up:
+            self._apply(selector)
+            raise _shared_tier_unavailable()
+        ack_id = secrets.token_hex(8)
+        acks = self._acks[ack_id] = _AckWait()
+        try:
+            count, receivers = await self._tier.invalidate(selector, _now_ms(), ack_id)
+            # This replica's own subscription is one of the receivers.
+            acks.expect(receivers - 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(acks.done.wait(), self._ack_timeout_s)
+        except REDIS_FAILURES:
+            self._shared_failed()
+            self._apply(selector)
+            raise _shared_tier_unavailable() from None
+        finally:
+            del self._acks[ack_id]
+        # After Redis, so that a lookup racing this one cannot put back in L1
+        # a value it read before the purge.
+        self._apply(selector)
+        return count
 
     async def publish_config_change(self, route_id: str) -> None:
         if self._shared_up and self._tier is not None:
@@ -573,12 +577,6 @@ class CacheEngine:
         self._log.append(selector)
         return len(ids)
 
-    def _queue(self, selector: Selector) -> None:
-        if len(self._pending) >= _PENDING_LIMIT:
-            self._pending_overflow = True
-            self._pending.popleft()
-        self._pending.append(selector)
-
     def _wake(self, ident: str) -> None:
         fill = self._fills.pop(ident, None)
         if fill is not None:
@@ -608,18 +606,9 @@ class CacheEngine:
             self._spawn(self._reload_route(event.route_id))
 
     async def _on_connected(self) -> None:
-        assert self._tier is not None
+        # Invalidations made elsewhere while this replica was away never
+        # reached it, so nothing it holds can be trusted any longer.
         self._l1.clear()
-        while self._pending:
-            await self._tier.invalidate(self._pending[0], _now_ms())
-            self._pending.popleft()
-        if self._pending_overflow:
-            logger.warning(
-                "more than %s invalidations queued during a Redis outage; the oldest"
-                " were dropped and only the L1 flush covers them",
-                _PENDING_LIMIT,
-            )
-            self._pending_overflow = False
         self._shared_up = True
         self._lost_at = None
         self._connected.set()
@@ -708,6 +697,14 @@ def _parse_lease(text: str) -> LeaseToken | None:
 def _lease_lost() -> Aborted:
     return Aborted(
         "the fill lease expired or passed to another caller", reason="LEASE_LOST"
+    )
+
+
+def _shared_tier_unavailable() -> Unavailable:
+    return Unavailable(
+        "the shared tier is unreachable: this replica dropped its copies but the"
+        " others still serve them; retry the invalidation",
+        reason="SHARED_TIER_UNAVAILABLE",
     )
 
 

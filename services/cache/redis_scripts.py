@@ -6,7 +6,8 @@ h value digest, d TTL seconds, n version); `P r:<route>` a sorted set of the
 route's `key\\x1fvariant` members, all scored 0 so key and prefix lookups are
 lexicographic ranges; `P t:<tag>` a set of entry ids; `P l:<entry id>` a fill
 lease; `P seq` and `P log` the numbered invalidation log leases are checked
-against; `P ver` the version counter of stores.
+against; `P ver` the version counter of stores; `P aside:r:<route>` and
+`P aside:t:<tag>` the index a hard purge of a whole route or tag is draining.
 """
 
 # KEYS: lease, seq, entry. ARGV: token stem, lease timeout ms, now ms.
@@ -115,10 +116,18 @@ return {'OK', ttl, version}
 # last chunk, so no replica re-reads an entry that is about to go. Most
 # invalidations (a key, a small tag) take one call.
 #
+# The aside index is named by its route or tag, not by the purge. A purge cut
+# off between chunks leaves there entries that the route index (or tag set)
+# no longer names, so the first call of any later invalidation of that route
+# (key, prefix or route) or tag answers {0, '', 0, 0} while it exists, without
+# numbering anything: the caller drains it (INVALIDATE_NEXT with no message)
+# and calls again. A retry thus finishes the job, and a purge overlapping a
+# running one of the same index does not return before its entries are gone.
+#
 # ARGV of both: 1 kind, 2 route, 3 arg, 4 soft '1'/'0', 5 now ms, 6 prefix,
-# 7 limit, 8 cursor ('' to start), 9 log capacity, 10 channel, 11 message.
-# Both return {entries reached, next cursor or '' when done, receivers of the
-# message (0 until sent), the invalidation's number}.
+# 7 limit, 8 cursor ('' to start), 9 log capacity, 10 channel, 11 message
+# ('' to publish none). Both return {entries reached, next cursor or '' when
+# done, receivers of the message (0 until sent), the invalidation's number}.
 _INVALIDATE_CHUNK_FUNCTION = """
 local kind, route, arg, P = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local soft, now, limit = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[7])
@@ -174,31 +183,34 @@ local function chunk(source, cursor)
 end
 local function finish(count, next_cursor, seq)
   local receivers = 0
-  if next_cursor == '' then receivers = redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+  if next_cursor == '' and ARGV[11] ~= '' then
+    receivers = redis.call('PUBLISH', ARGV[10], ARGV[11])
+  end
   return {count, next_cursor, receivers, seq}
 end
 """
 
-# KEYS: seq, log, route index, tag set, aside prefix.
+# KEYS: seq, log, route index, tag set, the aside index of the route (or tag).
 INVALIDATE_FIRST = (
     _INVALIDATE_CHUNK_FUNCTION
     + """
+if redis.call('EXISTS', KEYS[5]) == 1 then return {0, '', 0, 0} end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, table.concat({seq, kind, route, arg}, '\\31'))
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[9]) + 1))
 local source = KEYS[3]
 if kind == 'tag' then source = KEYS[4] end
 if not soft and (kind == 'route' or kind == 'tag') then
-  local aside = KEYS[5] .. seq
-  if redis.call('EXISTS', source) == 1 then redis.call('RENAME', source, aside) end
-  source = aside
+  if redis.call('EXISTS', source) == 1 then redis.call('RENAME', source, KEYS[5]) end
+  source = KEYS[5]
 end
 local count, next_cursor = chunk(source, '')
 return finish(count, next_cursor, seq)
 """
 )
 
-# KEYS: the index the first call worked on (its aside key, if any).
+# KEYS: the index the first call worked on (its aside key, if any), or an
+# aside index to drain.
 INVALIDATE_NEXT = (
     _INVALIDATE_CHUNK_FUNCTION
     + """
@@ -208,29 +220,47 @@ return finish(count, next_cursor, 0)
 )
 
 # KEYS: route index, version. ARGV: 1 route, 2 now ms, 3 ttl s, 4 retention ms,
-# 5 prefix, 6 channel, 7 origin, then (member, value) pairs. One version range,
-# one index write and one message per call keep a warm-up load cheap.
+# 5 prefix, 6 channel, 7 origin, then (member, value, tags joined, digest)
+# quadruples. The entries and indexes are those STORE writes; one version
+# range, one index write, one expiry per index and one message per call keep a
+# warm-up load cheap.
 BULK_STORE = """
 local route, now, ttl, retention, P = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), ARGV[5]
-local count = (#ARGV - 7) / 2
+local count = (#ARGV - 7) / 4
 local last = redis.call('INCRBY', KEYS[2], count)
 local version = last - count
-local members, keys = {}, {}
-for i = 8, #ARGV, 2 do
+local members, keys, tag_keys = {}, {}, {}
+local function extend(k)
+  if redis.call('PTTL', k) < retention then redis.call('PEXPIRE', k, retention) end
+end
+for i = 8, #ARGV, 4 do
   version = version + 1
-  local ek = P .. 'e:' .. route .. '\\31' .. ARGV[i]
-  redis.call('HSET', ek, 'v', ARGV[i + 1], 's', ARGV[2],
-    'f', now + ttl * 1000, 'x', now + retention, 'd', ttl, 'n', version)
+  local id = route .. '\\31' .. ARGV[i]
+  local ek = P .. 'e:' .. id
+  local tagset = {}
+  for t in string.gmatch(ARGV[i + 2], '[^\\31]+') do tagset[t] = true end
+  local old = redis.call('HGET', ek, 't')
+  if old then
+    for t in string.gmatch(old, '[^\\31]+') do
+      if not tagset[t] then redis.call('SREM', P .. 't:' .. t, id) end
+    end
+  end
+  redis.call('HSET', ek, 'v', ARGV[i + 1], 't', ARGV[i + 2], 's', ARGV[2],
+    'f', now + ttl * 1000, 'x', now + retention, 'h', ARGV[i + 3], 'd', ttl,
+    'n', version)
   redis.call('PEXPIRE', ek, retention)
+  for t in pairs(tagset) do
+    redis.call('SADD', P .. 't:' .. t, id)
+    tag_keys[P .. 't:' .. t] = true
+  end
   members[#members + 1] = 0
   members[#members + 1] = ARGV[i]
-  keys[#keys + 1] = ARGV[i]
+  keys[#keys + 1] = string.match(ARGV[i], '^(.*)\\31')
 end
 redis.call('ZADD', KEYS[1], unpack(members))
-if redis.call('PTTL', KEYS[1]) < retention then
-  redis.call('PEXPIRE', KEYS[1], retention)
-end
+extend(KEYS[1])
+for k in pairs(tag_keys) do extend(k) end
 local message = table.concat({'M', ARGV[7], last - count + 1, route,
   table.concat(keys, '\\30')}, '\\31')
 redis.call('PUBLISH', ARGV[6], message)

@@ -100,11 +100,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         self, request: pb.DeleteRouteConfigRequest, context: object
     ) -> pb.DeleteRouteConfigResponse:
         route_id = validate_route_id(request.route_id)
+        if await self._engine.routes.refresh(route_id) is None:
+            raise NotFound(
+                f"route {route_id!r} is not configured", reason="ROUTE_NOT_FOUND"
+            )
+        # Purged first: when the shared tier is away this raises UNAVAILABLE
+        # with the config still in place, so a retry purges what is left.
+        count = await self._engine.invalidate(Selector(KIND_ROUTE, route_id, ""))
         if not await self._engine.routes.delete(route_id):
             raise NotFound(
                 f"route {route_id!r} is not configured", reason="ROUTE_NOT_FOUND"
             )
-        count = await self._engine.invalidate(Selector(KIND_ROUTE, route_id, ""))
         await self._engine.publish_config_change(route_id)
         logger.info("route %s deleted; %s entries invalidated", route_id, count)
         return pb.DeleteRouteConfigResponse(invalidated_count=count)

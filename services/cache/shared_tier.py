@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +57,17 @@ class StoreOutcome:
     status: str  # OK, LEASE_LOST or LEASE_VOIDED
     ttl_seconds: int
     version: int
+
+
+@dataclass(slots=True)
+class InvalidationProgress:
+    """An invalidation between its chunks: the index it drains and how far."""
+
+    index: str
+    args: list[Any]
+    count: int
+    cursor: str
+    receivers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +196,22 @@ class RedisTier:
     async def invalidate(
         self, selector: Selector, now_ms: int, ack_id: str = "-", *, chunk: int = 500
     ) -> tuple[int, int]:
-        """(entries reached, subscribers the invalidation was published to)."""
+        """(entries reached, subscribers the invalidation was published to).
+
+        A failure between chunks leaves the rest of a hard route or tag purge
+        in its aside index; the next invalidation of that route or tag drains
+        it first, so calling this again after a failure finishes the job.
+        """
+        progress = await self.start_invalidation(selector, now_ms, ack_id, chunk=chunk)
+        while progress.cursor:
+            await self.continue_invalidation(progress)
+        return progress.count, progress.receivers
+
+    async def start_invalidation(
+        self, selector: Selector, now_ms: int, ack_id: str = "-", *, chunk: int = 500
+    ) -> InvalidationProgress:
+        """Numbers the invalidation and handles its first chunk (after draining
+        what an unfinished purge of the same route or tag left aside)."""
         p = self.prefix
         args: list[Any] = [
             selector.kind,
@@ -199,32 +226,62 @@ class RedisTier:
             self.channel,
             encode_invalidation(self.origin, ack_id, selector),
         ]
-        source = p + (
-            "t:" + selector.arg
-            if selector.kind == KIND_TAG
-            else "r:" + selector.route_id
-        )
-        count, cursor, receivers, seq = await self._call(
-            self._invalidate_first(
-                keys=[
-                    p + "seq",
-                    p + "log",
-                    p + "r:" + selector.route_id,
-                    p + "t:" + selector.arg,
-                    p + "aside:",
-                ],
-                args=args,
+        if selector.kind == KIND_TAG:
+            index, aside = p + "t:" + selector.arg, p + "aside:t:" + selector.arg
+        else:
+            index, aside = (
+                p + "r:" + selector.route_id,
+                p + "aside:r:" + selector.route_id,
             )
+        resumed = 0
+        while True:
+            count, cursor, receivers, seq = await self._call(
+                self._invalidate_first(
+                    keys=[
+                        p + "seq",
+                        p + "log",
+                        p + "r:" + selector.route_id,
+                        p + "t:" + selector.arg,
+                        aside,
+                    ],
+                    args=args,
+                )
+            )
+            if seq:
+                break
+            resumed += await self._drain(aside, selector, chunk)
+        if selector.soft or selector.kind not in (KIND_ROUTE, KIND_TAG):
+            # Only a hard purge of the same route or tag counts what it resumed.
+            resumed = 0
+        else:
+            index = aside
+        return InvalidationProgress(
+            index, args, int(count) + resumed, _text(cursor), int(receivers)
         )
-        if not selector.soft and selector.kind in (KIND_ROUTE, KIND_TAG):
-            source = p + "aside:" + str(seq)
+
+    async def continue_invalidation(self, progress: InvalidationProgress) -> None:
+        """Handles the next chunk; `progress.cursor` is "" once the last is done."""
+        progress.args[7] = progress.cursor
+        reached, cursor, receivers, _ = await self._call(
+            self._invalidate_next(keys=[progress.index], args=progress.args)
+        )
+        progress.count += int(reached)
+        progress.cursor = _text(cursor)
+        progress.receivers = int(receivers)
+
+    async def _drain(self, aside: str, selector: Selector, chunk: int) -> int:
+        """Removes every entry an aside index names, publishing nothing."""
+        kind = KIND_TAG if selector.kind == KIND_TAG else KIND_ROUTE
+        args: list[Any] = [kind, selector.route_id, selector.arg, "0", 0, self.prefix]
+        args += [chunk, "+", INVALIDATION_LOG_CAPACITY, self.channel, ""]
+        drained, cursor = 0, "+"
         while cursor:
-            args[7] = cursor.decode() if isinstance(cursor, bytes) else cursor
-            reached, cursor, receivers, _ = await self._call(
-                self._invalidate_next(keys=[source], args=args)
+            reached, next_cursor, _, _ = await self._call(
+                self._invalidate_next(keys=[aside], args=args)
             )
-            count += reached
-        return int(count), int(receivers)
+            drained += int(reached)
+            cursor = _text(next_cursor)
+        return drained
 
     async def count_entries(self, route_id: str) -> int:
         return int(await self._call(self._client.zcard(self.prefix + "r:" + route_id)))
@@ -235,33 +292,24 @@ class RedisTier:
     async def bulk_store(
         self,
         route_id: str,
-        items: Sequence[tuple[str, bytes]],
+        items: Sequence[tuple[str, bytes] | tuple[str, bytes, Sequence[str]]],
         ttl_seconds: int,
         retention_ms: int,
         *,
         batch: int = 2000,
     ) -> int:
-        """Stores (key, value) pairs without tags, vary or leases (warm-up loads)."""
+        """Stores (key, value) or (key, value, tags) items as Store would, but
+        without vary or leases (warm-up loads)."""
         stored = 0
         now_ms = int(time.time() * 1000)
+        keys = [self.prefix + "r:" + route_id, self.prefix + "ver"]
+        head: list[Any] = [route_id, now_ms, ttl_seconds, retention_ms, self.prefix]
+        head += [self.channel, self.origin]
         for start in range(0, len(items), batch):
-            args: list[Any] = [
-                route_id,
-                now_ms,
-                ttl_seconds,
-                retention_ms,
-                self.prefix,
-                self.channel,
-                self.origin,
-            ]
-            for key, value in items[start : start + batch]:
-                args.extend((key + SEPARATOR, value))
+            args = head + _bulk_entries(items[start : start + batch])
             stored += int(
                 await self._call(
-                    self._bulk_store(
-                        keys=[self.prefix + "r:" + route_id, self.prefix + "ver"],
-                        args=args,
-                    ),
+                    self._bulk_store(keys=keys, args=args),
                     timeout_s=max(self._timeout_s, 30.0),
                 )
             )
@@ -380,6 +428,22 @@ class RedisTier:
                 on_message(message["data"].decode())
             elif message["type"] == "pong":
                 last_pong = time.monotonic()
+
+
+def _bulk_entries(
+    items: Sequence[tuple[str, bytes] | tuple[str, bytes, Sequence[str]]],
+) -> list[Any]:
+    """BULK_STORE's (member, value, tags joined, digest) arguments."""
+    args: list[Any] = []
+    for key, value, *tags in items:
+        digest = hashlib.blake2b(value, digest_size=16).hexdigest()
+        joined = SEPARATOR.join(sorted(set(tags[0]))) if tags else ""
+        args.extend((key + SEPARATOR, value, joined, digest))
+    return args
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _split_tags(raw: bytes | None) -> tuple[str, ...]:

@@ -11,9 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from empire.cache.v1 import cache_service_pb2 as pb
+from shared.authn import TokenVerifier, bearer_token
 from shared.cache_client import CachedMethod, CachingInterceptor, ResponseCache
-from shared.clients import ServiceClient, connect
+from shared.clients import ServiceClient, bearer, connect
 from tests.cache.conftest import cache_settings, put_route, running_cache
+from tests.harness.tokens import LocalIssuer
 
 CHECK = "/grpc.health.v1.Health/Check"
 
@@ -26,13 +28,18 @@ class CountingOrigin(health_pb2_grpc.HealthServicer):
         self.failing = False
         self.delay_s = 0.0
         self.status = health_pb2.HealthCheckResponse.SERVING
+        # Per-caller answers, by the caller's bearer token.
+        self.status_for: dict[str, int] = {}
 
     async def Check(self, request, context):  # type: ignore[no-untyped-def]
         self.calls += 1
         await asyncio.sleep(self.delay_s)
         if self.failing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "origin down")
-        return health_pb2.HealthCheckResponse(status=self.status)
+        token = bearer_token(context.invocation_metadata()) or ""
+        return health_pb2.HealthCheckResponse(
+            status=self.status_for.get(token, self.status)
+        )
 
 
 @contextlib.asynccontextmanager
@@ -50,17 +57,15 @@ async def origin_server() -> AsyncIterator[tuple[CountingOrigin, str]]:
 
 @contextlib.asynccontextmanager
 async def cached_stub(
-    cache: ServiceClient, target: str
+    cache: ServiceClient,
+    target: str,
+    method: CachedMethod | None = None,
+    verifier: TokenVerifier | None = None,
 ) -> AsyncIterator[health_pb2_grpc.HealthStub]:
-    response_cache = ResponseCache(
-        cache,
-        {
-            CHECK: CachedMethod(
-                "health_checks",
-                tags=lambda request, response: [f"svc:{request.service}"],
-            )
-        },
+    method = method or CachedMethod(
+        "health_checks", tags=lambda request, response: [f"svc:{request.service}"]
     )
+    response_cache = ResponseCache(cache, {CHECK: method}, verifier=verifier)
     channel = grpc.aio.insecure_channel(
         target, interceptors=[CachingInterceptor(response_cache)]
     )
@@ -195,4 +200,91 @@ async def test_stale_answer_is_served_while_one_caller_refreshes_behind_it(
 
     assert stale.status == health_pb2.HealthCheckResponse.SERVING
     assert fresh.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert origin.calls == 2
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def statuses(
+    stub: health_pb2_grpc.HealthStub, tokens: list[str], *extra: tuple[str, str]
+) -> list[int]:
+    return [
+        (await stub.Check(check(), metadata=(bearer(token), *extra))).status
+        for token in tokens
+    ]
+
+
+async def test_callers_with_different_tokens_never_get_each_others_response(
+    sqlite_cache_url, issuer
+):
+    alice, bob = issuer.token(subject="alice"), issuer.token(subject="bob")
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target) as stub,
+    ):
+        await put_route(cache, route_id="health_checks")
+        origin.status_for = {alice: SERVING, bob: NOT_SERVING}
+        seen = await statuses(stub, [alice, bob, alice, bob])
+
+    assert seen == [SERVING, NOT_SERVING, SERVING, NOT_SERVING]
+    assert origin.calls == 2  # each caller's second call was a hit
+
+
+async def test_with_a_verifier_entries_follow_the_subject_not_the_token(
+    sqlite_cache_url, issuer
+):
+    first, second = issuer.token(subject="alice"), issuer.token(subject="alice")
+    forged = LocalIssuer().token(subject="alice")  # signed by a key nobody trusts
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target, verifier=issuer.verifier()) as stub,
+    ):
+        await put_route(cache, route_id="health_checks")
+        origin.status_for = {forged: NOT_SERVING}
+        seen = await statuses(stub, [first, second, forged, forged])
+
+    assert seen == [SERVING, SERVING, NOT_SERVING, NOT_SERVING]
+    # One call for alice's two tokens; the forged token skips the cache.
+    assert origin.calls == 3
+
+
+async def test_a_shared_method_answers_every_caller_from_one_entry(
+    sqlite_cache_url, issuer
+):
+    alice, bob = issuer.token(subject="alice"), issuer.token(subject="bob")
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target, CachedMethod("health_checks", shared=True)) as stub,
+    ):
+        await put_route(cache, route_id="health_checks")
+        seen = await statuses(stub, [alice, bob, alice])
+
+    assert seen == [SERVING, SERVING, SERVING]
+    assert origin.calls == 1
+
+
+async def test_vary_reads_the_calls_metadata(sqlite_cache_url, issuer):
+    method = CachedMethod(
+        "health_checks",
+        vary=lambda request, metadata: {"x-region": metadata.get("x-region", "")},
+        shared=True,
+    )
+    token = issuer.token(subject="alice")
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target, method) as stub,
+    ):
+        await put_route(cache, route_id="health_checks", vary_on=["x-region"])
+        await statuses(stub, [token], ("x-region", "eu"))
+        origin.status = NOT_SERVING
+        seen = await statuses(stub, [token], ("x-region", "us"))
+        seen += await statuses(stub, [token], ("x-region", "eu"))
+
+    assert seen == [NOT_SERVING, SERVING]
     assert origin.calls == 2

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from empire.cache.v1 import cache_service_pb2 as pb
+from services.cache.settings import CacheSettings
 from shared.clients import ServiceClient
 from tests.cache.conftest import cache_settings, put_route, running_cache
+from tests.harness.grpc_errors import error_info
 
 pytestmark = pytest.mark.redis
 
@@ -22,6 +25,10 @@ def lookup(key: str) -> pb.LookupRequest:
 
 def store(key: str, value: bytes) -> pb.StoreRequest:
     return pb.StoreRequest(route_id="api_offers", key=key, value=value)
+
+
+def invalidate(key: str) -> pb.InvalidateRequest:
+    return pb.InvalidateRequest(route_id="api_offers", key=key)
 
 
 async def wait_for_shared_tier(client: ServiceClient, connected: bool) -> None:
@@ -68,23 +75,98 @@ async def test_redis_cut_serves_l1_and_recovers_without_serving_invalidated_entr
         during = [await a.Lookup(lookup(key)) for key in ("k1", "k2")]
         stored_during = await a.Store(store("k4", b"during"))
         k4_during = await a.Lookup(lookup("k4"))
-        await b.Invalidate(pb.InvalidateRequest(route_id="api_offers", key="k1"))
-        await a.Invalidate(pb.InvalidateRequest(route_id="api_offers", key="k2"))
-        k2_on_a = await a.Lookup(lookup("k2"))
+        await b.Invalidate(invalidate("k1"))
 
         proxy.restore()
         await wait_for_shared_tier(a, True)
         after = {
             key: (await a.Lookup(lookup(key))).result for key in ("k1", "k2", "k3")
         }
-        k2_on_b = await b.Lookup(lookup("k2"))
 
     assert [answer.result for answer in during] == [HIT, HIT]
     assert stored_during.stored and k4_during.result == HIT
-    assert k2_on_a.result == MISS
-    # k1 was purged elsewhere and k2 here during the cut: neither comes back.
-    assert after == {"k1": MISS, "k2": MISS, "k3": HIT}
-    assert k2_on_b.result == MISS
+    # k1 was purged elsewhere during the cut: it does not come back.
+    assert after == {"k1": MISS, "k2": HIT, "k3": HIT}
+
+
+async def test_invalidate_on_a_cut_off_replica_is_refused_until_a_retry_lands(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+
+    def settings(url: str, replica_id: str) -> CacheSettings:
+        return cache_settings(
+            sqlite_cache_url,
+            redis_url=url,
+            redis_prefix=redis_prefix,
+            replica_id=replica_id,
+            l1_disconnected_max_age_seconds=60.0,
+        )
+
+    cut_off = settings(proxy.url_for(redis_url), "behind-proxy")
+    async with (
+        running_cache(cut_off, issuer) as a,
+        running_cache(settings(redis_url, "direct"), issuer) as b,
+    ):
+        await put_route(b)
+        await b.Store(store("k1", b"old"))
+        await a.Lookup(lookup("k1"))
+        await b.Lookup(lookup("k1"))  # both hold it in L1
+
+        proxy.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.Invalidate(invalidate("k1"))
+        on_a = await a.Lookup(lookup("k1"))
+        on_b = await b.Lookup(lookup("k1"))
+        async with running_cache(settings(redis_url, "started-later"), issuer) as c:
+            on_c = await c.Lookup(lookup("k1"))
+
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+        retried = await a.Invalidate(invalidate("k1"))
+        after = [(await client.Lookup(lookup("k1"))).result for client in (a, b)]
+        async with running_cache(settings(redis_url, "started-last"), issuer) as d:
+            after.append((await d.Lookup(lookup("k1"))).result)
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(refused.value).reason == "SHARED_TIER_UNAVAILABLE"
+    # The cut-off replica stops serving it at once...
+    assert on_a.result == MISS
+    # ...but the caller was not told it was done, and it was not: nothing
+    # elsewhere was purged, on a running replica or on one started after.
+    assert (on_b.result, on_b.value) == (HIT, b"old")
+    assert (on_c.result, on_c.value) == (HIT, b"old")
+    assert retried.invalidated_count == 1
+    assert after == [MISS, MISS, MISS]
+
+
+async def test_route_delete_on_a_cut_off_replica_keeps_the_config_for_a_retry(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=proxy.url_for(redis_url),
+        redis_prefix=redis_prefix,
+    )
+    delete = pb.DeleteRouteConfigRequest(route_id="api_offers")
+    async with running_cache(settings, issuer) as a:
+        await put_route(a)
+        await a.Store(store("k1", b"v"))
+
+        proxy.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.DeleteRouteConfig(delete)
+        kept = await a.GetRouteConfig(pb.GetRouteConfigRequest(route_id="api_offers"))
+
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+        deleted = await a.DeleteRouteConfig(delete)
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(refused.value).reason == "SHARED_TIER_UNAVAILABLE"
+    assert kept.route_config.route_id == "api_offers"
+    assert deleted.invalidated_count == 1
 
 
 async def test_l1_staleness_is_bounded_while_the_subscription_is_lost(
