@@ -6,6 +6,14 @@ measured in this process; LiteLLM's side (a direct call, its Router, its proxy
 where it installed) in a process of `bench/.venv-peers`, by
 `bench/peers/litellm_peer.py`. Each "added" figure is taken against the direct
 baseline of its own process, one call at a time and with calls in flight.
+
+Our added latency comes from paired calls: each caller makes a direct call and
+one through the service back to back, and the figures are percentiles of the
+per-pair differences, so both calls of a pair saw the same moment's load.
+LiteLLM's figures arrive as two separate distributions (`litellm_peer.py`
+does not pair them), so theirs is a difference of percentiles, marked
+unpaired; a difference below zero there is noise, printed as such rather than
+as a negative latency.
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ import os
 import secrets
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from openai import AsyncOpenAI
 
+import bench.loadgen
 from bench.llm_calls import (
     KINDS,
     MODEL,
@@ -29,10 +40,10 @@ from bench.llm_calls import (
     running_llm,
     service_calls,
 )
-from bench.loadgen import Result, alternate
+from bench.loadgen import Call, Result, summarize
 from bench.peers.env import PeerEnv
 from bench.peers.litellm_proxy import running_proxy
-from bench.peers.rows import added_ratio, unavailable
+from bench.peers.rows import unavailable
 from bench.report import Report
 
 CONCURRENCY = 16
@@ -41,7 +52,36 @@ PEER_TIMEOUT_S = 300.0
 MODES = {"serial": "serial", "loaded": f"x{CONCURRENCY}"}  # one at a time, or in flight
 
 Pair = tuple[Result, Result]  # (direct SDK baseline, through the router)
-Figures = dict[str, Pair]  # "<kind>_<mode>" or "<side>_<kind>_<mode>" -> pair
+
+
+@dataclass(frozen=True)
+class Added:
+    """Latency a router adds over the direct call, at p50 and p99 (ms)."""
+
+    p50_ms: float
+    p99_ms: float
+    paired: bool
+
+    @classmethod
+    def unpaired(cls, pair: Pair) -> Added:
+        direct, through = pair
+        return cls(
+            through.p50_ms - direct.p50_ms, through.p99_ms - direct.p99_ms, False
+        )
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Direct calls and calls through the service, made in pairs."""
+
+    direct: Result
+    through: Result
+    added: Added
+    pairs: int
+
+
+Ours = dict[str, Paired]  # "<kind>_<mode>" -> figures
+Theirs = dict[str, Pair]  # "<side>_<kind>_<mode>" -> (direct, through)
 
 
 async def run(report: Report, peers: PeerEnv) -> None:
@@ -55,54 +95,140 @@ async def run(report: Report, peers: PeerEnv) -> None:
 
 def _rows(
     report: Report,
-    ours: Figures,
-    theirs: Figures | None,
+    ours: Ours,
+    theirs: Theirs | None,
     why: dict[str, str],
     key: str,
     label: str,
 ) -> None:
-    direct, service = ours[key]
-    report.row(f"llm direct SDK, {label}", direct)
-    report.latency_row(
-        f"llm service added, {label}", service, direct, baseline_name="direct SDK"
+    figure = ours[key]
+    report.row(f"llm direct SDK, {label}", figure.direct)
+    report.line(
+        f"llm service added, {label}",
+        f"{_added_text(figure.added)} over direct SDK"
+        f" (p50 {figure.direct.p50_ms:.3f} ms), {figure.pairs} pairs",
     )
     for side, peer in (("router", "LiteLLM Router"), ("proxy", "LiteLLM proxy")):
         pair = None if theirs is None else theirs.get(f"{side}_{key}")
         if pair is None:
             unavailable(f"{peer} added, {label}", why.get(side, "not measured"))
             continue
-        report.latency_row(
-            f"{peer} added, {label}", pair[1], pair[0], baseline_name="its direct SDK"
+        added = Added.unpaired(pair)
+        report.line(
+            f"{peer} added, {label}",
+            f"{_added_text(added)} over its direct SDK (p50 {pair[0].p50_ms:.3f} ms)",
         )
-        added_ratio(f"llm/{peer} added, {label}", (direct, service), pair, peer)
+        report.line(
+            f"llm/{peer} added, {label}",
+            f"p50 {_share(figure.added.p50_ms, added.p50_ms)},"
+            f" p99 {_share(figure.added.p99_ms, added.p99_ms)} of {peer}'s",
+        )
         report.row(
-            f"llm service vs {peer}, {label}", service, pair[1], baseline_name=peer
+            f"llm service vs {peer}, {label}",
+            figure.through,
+            pair[1],
+            baseline_name=peer,
         )
 
 
-async def _ours(base_url: str) -> Figures:
+def _added_text(added: Added) -> str:
+    how = "paired" if added.paired else "unpaired"
+    return f"added p50 {_ms(added.p50_ms)}, p99 {_ms(added.p99_ms)} ({how})"
+
+
+def _ms(value: float) -> str:
+    # A router adds time; less than none means the noise is larger than it.
+    return f"{value:.3f} ms" if value >= 0 else "below noise"
+
+
+def _share(ours: float, theirs: float) -> str:
+    if ours < 0 or theirs <= 0:
+        return "n/a"
+    return f"{ours / theirs:.0%}"
+
+
+async def paired(direct: Call, through: Call, *, concurrency: int) -> Paired:
+    """`concurrency` callers, each making a direct call and a call through the
+    service back to back (which goes first alternates), for as long as
+    `bench.loadgen.alternate` gives a figure and its baseline together.
+
+    Each Result's `seconds` is the time its calls took per caller, so its rps
+    estimates what that many callers would reach at those latencies (the real
+    rate of each side is about half, the callers taking turns).
+    """
+    scale = bench.loadgen.SCALE
+    await _pairs(direct, through, concurrency, bench.loadgen.WARMUP_S * scale)
+    duration = 2 * bench.loadgen.SLICES * bench.loadgen.SLICE_S * scale
+    pairs, errors = await _pairs(direct, through, concurrency, duration)
+
+    directs = [d for d, _ in pairs]
+    throughs = [t for _, t in pairs]
+    differences = sorted(t - d for d, t in pairs)
+    return Paired(
+        direct=summarize(directs, errors[0], sum(directs) / concurrency),
+        through=summarize(throughs, errors[1], sum(throughs) / concurrency),
+        added=Added(
+            _percentile_ms(differences, 0.50), _percentile_ms(differences, 0.99), True
+        ),
+        pairs=len(pairs),
+    )
+
+
+async def _pairs(
+    direct: Call, through: Call, concurrency: int, duration_s: float
+) -> tuple[list[tuple[float, float]], list[int]]:
+    """(direct, through) seconds of every pair without an error, and the
+    errors of each side."""
+    pairs: list[tuple[float, float]] = []
+    errors = [0, 0]
+    end = time.perf_counter() + duration_s
+
+    async def caller(through_first: bool) -> None:
+        while time.perf_counter() < end:
+            order = (1, 0) if through_first else (0, 1)
+            through_first = not through_first
+            seconds = [0.0, 0.0]
+            failed = False
+            for side in order:
+                begin = time.perf_counter()
+                try:
+                    await (direct, through)[side]()
+                except Exception:  # noqa: BLE001 - counted, the run goes on
+                    errors[side] += 1
+                    failed = True
+                    continue
+                seconds[side] = time.perf_counter() - begin
+            if not failed:
+                pairs.append((seconds[0], seconds[1]))
+
+    await asyncio.gather(*(caller(index % 2 == 1) for index in range(concurrency)))
+    return pairs, errors
+
+
+def _percentile_ms(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+async def _ours(base_url: str) -> Ours:
     direct = AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    figures: Figures = {}
+    figures: Ours = {}
     with tempfile.TemporaryDirectory() as directory:
         async with running_llm(base_url, f"sqlite:///{directory}/llm.db") as llm:
             baseline = direct_calls(direct)
             through = service_calls(llm.client)
-            # The same order and slices as litellm_peer.py uses on its side.
+            # The same order as litellm_peer.py uses on its side.
             for mode, in_flight in (("serial", 1), ("loaded", CONCURRENCY)):
                 for index, kind in enumerate(KINDS):
-                    results = await alternate(
-                        {"direct": baseline[index], "through": through[index]},
-                        concurrency=in_flight,
-                    )
-                    figures[f"{kind}_{mode}"] = (
-                        results["direct"],
-                        results["through"],
+                    figures[f"{kind}_{mode}"] = await paired(
+                        baseline[index], through[index], concurrency=in_flight
                     )
     await direct.close()
     return figures
 
 
-def _theirs(peers: PeerEnv, base_url: str) -> tuple[Figures | None, dict[str, str]]:
+def _theirs(peers: PeerEnv, base_url: str) -> tuple[Theirs | None, dict[str, str]]:
     """LiteLLM's figures from the peer venv, or why each side is missing."""
     if not peers.has("litellm"):
         reason = peers.missing.get("litellm", "not installed")

@@ -158,6 +158,7 @@ def route_usage(summary: RouteSummary) -> pb.RouteUsage:
         cost_usd=summary.cost_usd,
         latency_p50=duration(p50 / 1000),
         latency_p99=duration(p99 / 1000),
+        attempt_failures=failure_counts(summary.attempt_failures),
     )
 
 
@@ -168,13 +169,17 @@ def provider_usage(summary: ProviderSummary) -> pb.ProviderUsage:
         route=summary.route,
         attempts=summary.attempts,
         successes=summary.successes,
-        failures=[
-            pb.FailureCount(error_class=error_class(name), count=count)
-            for name, count in sorted(summary.failures.items())
-        ],
+        failures=failure_counts(summary.failures),
         input_tokens=summary.input_tokens,
         output_tokens=summary.output_tokens,
         cost_usd=summary.cost_usd,
         latency_p50=duration(p50 / 1000),
         latency_p99=duration(p99 / 1000),
     )
+
+
+def failure_counts(counts: dict[str, int]) -> list[pb.FailureCount]:
+    return [
+        pb.FailureCount(error_class=error_class(name), count=count)
+        for name, count in sorted(counts.items())
+    ]

@@ -3,16 +3,19 @@
 Every exception the `openai` and `anthropic` SDKs (and the HTTP layer under
 them) raise is mapped here to an `ErrorClass`, which decides whether the
 router retries, waits, fails over or gives up. Messages are built here too, so
-that no key or prompt text leaks: only the provider's own reason for 4xx
-rejections is kept, shortened.
+that no key leaks: only the provider's own reason for a rejection is kept,
+shortened and flagged `provider_text` so that the router cuts the prompt out
+of it before it is repeated.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import re
 import time
+from types import TracebackType
 from typing import Any
 
 import anthropic
@@ -21,6 +24,8 @@ import openai
 import pydantic
 
 from services.llm.models import ErrorClass, ProviderFailure
+
+logger = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 200
 
@@ -55,6 +60,27 @@ _MALFORMED_ERRORS = (
     httpx2.DecodingError,
     UnicodeDecodeError,
 )
+# What the HTTP client raises when it cannot use the endpoint at all (a URL it
+# refuses, a port out of range): the provider's configuration is at fault.
+_HTTP_CLIENT_ERRORS = (httpx2.HTTPError, httpx2.InvalidURL)
+_HTTP_CLIENT_MODULES = ("httpx2.", "httpcore2.", "anyio.", "h11.", "h2.")
+
+# The status each error type of an error event stands for: Anthropic's types
+# (an `event: error` inside a stream that began with HTTP 200), and OpenAI's
+# `server_error`. An unknown type is taken for a server error.
+_ERROR_TYPE_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 
 def classify(error: BaseException) -> ProviderFailure:
@@ -85,11 +111,24 @@ def classify(error: BaseException) -> ProviderFailure:
         return ProviderFailure(
             ErrorClass.CONTENT_POLICY, "the provider filtered the answer"
         )
+    if isinstance(error, openai.APIError) and _body_of(error):
+        # OpenAI's SDK raises a bare APIError for an error inside a stream.
+        return classify_status(0, _body_of(error))
     if isinstance(error, openai.OpenAIError | anthropic.AnthropicError):
-        # An SDK error of no known kind (an error event inside a stream, say):
-        # the provider misbehaved, so it is failed over like a bad response.
+        # An SDK error of no known kind: the provider misbehaved, so it is
+        # failed over like a bad response.
         return ProviderFailure(
             ErrorClass.MALFORMED_RESPONSE, "the provider reported an error"
+        )
+    if isinstance(error, _HTTP_CLIENT_ERRORS) or _raised_in_http_client(error):
+        # Not always wrapped by the SDKs (an invalid URL is refused before the
+        # request is sent; a port out of range fails inside the connect).
+        logger.warning(
+            "the HTTP client could not use a provider's endpoint: %s",
+            type(error).__name__,
+        )
+        return ProviderFailure(
+            ErrorClass.CONNECTION, "the provider's endpoint could not be used"
         )
     raise error
 
@@ -97,45 +136,58 @@ def classify(error: BaseException) -> ProviderFailure:
 def classify_status(
     status: int, body: dict[str, Any], response: httpx2.Response | None = None
 ) -> ProviderFailure:
-    """The failure for an HTTP error status with its decoded error body."""
+    """The failure for an HTTP error status with its decoded error body.
+
+    A status below 400 means an error event inside a stream that began well
+    (Anthropic's `event: error` comes with the stream's HTTP 200): it is
+    classified by the error type its body names, as that type's status would be.
+    """
+    if status >= 400:
+        effective, answered = status, f"answered HTTP {status}"
+    else:
+        error_type = str(body.get("type") or "")
+        effective = _ERROR_TYPE_STATUS.get(error_type, 500)
+        named = error_type if error_type in _ERROR_TYPE_STATUS else "unknown type"
+        answered = f"sent an error event ({named})"
     reason = _reason_of(body)
     code = str(body.get("code") or "")
-    if status == 429:
+
+    if effective == 429:
         return ProviderFailure(
             ErrorClass.RATE_LIMITED,
             "the provider is rate limiting",
             http_status=status,
             retry_after=retry_after_seconds(response),
         )
-    if status in (401, 402, 403):
+    if effective in (401, 402, 403):
         # The provider's text may quote part of the key: never pass it on.
         return ProviderFailure(
             ErrorClass.AUTHENTICATION,
             "the provider rejected the API key or account",
             http_status=status,
         )
-    if status in (408, 409) or status >= 500:
+    if effective in (408, 409) or effective >= 500:
         return ProviderFailure(
-            ErrorClass.SERVER_ERROR,
-            f"the provider answered HTTP {status}",
-            http_status=status,
+            ErrorClass.SERVER_ERROR, f"the provider {answered}", http_status=status
         )
-    if code in _CONTEXT_CODES or status == 413 or _CONTEXT_PATTERNS.search(reason):
-        return ProviderFailure(
+    if code in _CONTEXT_CODES or effective == 413 or _CONTEXT_PATTERNS.search(reason):
+        error_class, fallback = (
             ErrorClass.CONTEXT_LENGTH_EXCEEDED,
-            _shorten(reason) or "the prompt exceeds the model's context window",
-            http_status=status,
+            "the prompt exceeds the model's context window",
         )
-    if code in _POLICY_CODES or _POLICY_PATTERNS.search(reason):
-        return ProviderFailure(
+    elif code in _POLICY_CODES or _POLICY_PATTERNS.search(reason):
+        error_class, fallback = (
             ErrorClass.CONTENT_POLICY,
-            _shorten(reason) or "the provider refused the content",
-            http_status=status,
+            "the provider refused the content",
         )
+    else:
+        error_class, fallback = ErrorClass.BAD_REQUEST, f"the provider {answered}"
+    shortened = _shorten(reason)
     return ProviderFailure(
-        ErrorClass.BAD_REQUEST,
-        _shorten(reason) or f"the provider answered HTTP {status}",
+        error_class,
+        shortened or fallback,
         http_status=status,
+        provider_text=bool(shortened),
     )
 
 
@@ -164,7 +216,30 @@ def retry_after_seconds(response: httpx2.Response | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _body_of(error: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
+def _raised_in_http_client(error: BaseException) -> bool:
+    """Whether `error` (or any error of its group) came out of the HTTP stack."""
+    if isinstance(error, BaseExceptionGroup):
+        return any(_raised_in_http_client(e) for e in error.exceptions)
+    return any(
+        _module_of(frame).startswith(_HTTP_CLIENT_MODULES)
+        for frame in _frames(error.__traceback__)
+    )
+
+
+def _frames(traceback: TracebackType | None) -> list[Any]:
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    return frames
+
+
+def _module_of(frame: Any) -> str:
+    name = frame.f_globals.get("__name__", "")
+    return name + "." if isinstance(name, str) else ""
+
+
+def _body_of(error: openai.APIError | anthropic.APIError) -> dict[str, Any]:
     body = error.body
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         body = body["error"]  # Anthropic: {"type": "error", "error": {...}}

@@ -70,19 +70,21 @@ class HealthBoard:
         record.breaker.record_success()
 
     def record_failure(self, provider_id: str, failure: ProviderFailure) -> None:
-        """Count a failure against the provider, or release its circuit when the
-        failure was the request's own (a refusal proves the provider answers)."""
+        """Count a failure against the provider; a refusal of the request's own
+        making (an HTTP 4xx answer) proves the provider answers and counts as
+        a success; anything else gives no verdict and only frees the circuit's
+        probe slot, so it can never close a half-open circuit."""
         record = self.get(provider_id)
         record.last_error_class = failure.error_class
         record.last_error = failure.message
         record.last_error_time = time.time()
-        if failure.error_class is ErrorClass.DEADLINE_EXCEEDED:
-            record.breaker.release()
-        elif failure.error_class.counts_against_provider:
+        if failure.error_class.counts_against_provider:
             trip = failure.error_class is ErrorClass.AUTHENTICATION
             record.breaker.record_failure(trip=trip)
-        else:
+        elif failure.refusal:
             record.breaker.record_success()
+        else:
+            record.breaker.release()
 
     def record_check(self, provider_id: str, ok: bool) -> None:
         record = self.get(provider_id)

@@ -125,7 +125,9 @@ class StreamEnd:
 
 
 class ProviderFailure(Exception):
-    """A classified failure of one attempt; `message` is safe to show a caller."""
+    """A classified failure of one attempt. `message` is safe to show a caller
+    except when `provider_text` says it quotes the provider: then only once
+    the prompt is cut out of it (see `redaction.py`)."""
 
     def __init__(
         self,
@@ -134,12 +136,20 @@ class ProviderFailure(Exception):
         *,
         http_status: int = 0,
         retry_after: float | None = None,
+        provider_text: bool = False,
     ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
         self.http_status = http_status
         self.retry_after = retry_after
+        self.provider_text = provider_text
+
+    @property
+    def refusal(self) -> bool:
+        """Whether the provider answered and refused this request over HTTP:
+        proof that it is up, though the attempt failed."""
+        return 400 <= self.http_status < 500
 
 
 @dataclass(frozen=True)

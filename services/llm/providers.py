@@ -218,8 +218,10 @@ class AnthropicClient(ProviderClient):
         if system:
             arguments["system"] = "\n\n".join(system)
         if request.temperature is not None:
-            # Anthropic's scale ends at 1; the contract's (OpenAI's) at 2.
-            arguments["temperature"] = min(request.temperature, 1.0)
+            # Anthropic's scale ends at 1; the contract's (OpenAI's) at 2. The
+            # SDK (since 1.0) has no `temperature` argument, though the API
+            # still takes it on models that sample, so it goes in the body.
+            arguments["extra_body"] = {"temperature": min(request.temperature, 1.0)}
         if request.stop:
             arguments["stop_sequences"] = list(request.stop)
         return arguments

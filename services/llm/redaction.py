@@ -1,6 +1,6 @@
 """Keeps the caller's prompt out of the provider reasons this service repeats.
 
-A provider's 4xx message is passed on to the caller (a content-policy refusal
+A provider's own reason is passed on to the caller (a content-policy refusal
 must say why), shown in `GetProviderHealth` and logged. Some providers quote
 the offending input in that message, and the prompt must never reach an error
 message or a log line. So any run of the prompt's words found in a reason is
@@ -54,10 +54,11 @@ def without_prompt(reason: str, prompt: Iterable[str]) -> str:
 def redact_failure(failure: ProviderFailure, prompt: Iterable[str]) -> ProviderFailure:
     """The same failure, its message cleared of quoted prompt text.
 
-    Only messages taken from a provider's 4xx body can carry its words; the
-    others are this service's own fixed text and are returned unchanged.
+    Only messages that quote the provider (`provider_text`, whatever the HTTP
+    status: an error event inside a stream comes with a 200) can carry its
+    words; the others are this service's own fixed text, returned unchanged.
     """
-    if not 400 <= failure.http_status < 500:
+    if not failure.provider_text:
         return failure
     message = without_prompt(failure.message, prompt)
     if message == failure.message:
@@ -67,6 +68,7 @@ def redact_failure(failure: ProviderFailure, prompt: Iterable[str]) -> ProviderF
         message,
         http_status=failure.http_status,
         retry_after=failure.retry_after,
+        provider_text=True,
     )
 
 

@@ -24,10 +24,10 @@ from services.llm.validation import (
     completion_from_proto,
     page_size,
     provider_from_proto,
+    timestamp_ms,
 )
 from shared.errors import InvalidArgument, NotFound
 from shared.pagination import decode_page_token, encode_page_token
-from shared.proto_time import epoch_ms
 
 # Leave the caller this much of its deadline to receive the answer or error.
 DEADLINE_MARGIN_SECONDS = 0.02
@@ -207,8 +207,11 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
             check_id("route", request.route)
         if request.provider_id:
             check_id("provider_id", request.provider_id)
-        start_ms = epoch_ms(request.start_time) if request.HasField("start_time") else 0
-        end_ms = epoch_ms(request.end_time) if request.HasField("end_time") else None
+        start_ms, end_ms = 0, None
+        if request.HasField("start_time"):
+            start_ms = timestamp_ms("start_time", request.start_time)
+        if request.HasField("end_time"):
+            end_ms = timestamp_ms("end_time", request.end_time)
         if end_ms is not None and end_ms < start_ms:
             raise InvalidArgument("end_time", "must not be before start_time")
         await self._recorder.flush()

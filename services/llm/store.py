@@ -181,6 +181,22 @@ class LlmStore:
         )
         return [_attempt_from_row(row) for row in rows]
 
+    async def attempt_failures_between(
+        self, start_ms: int, end_ms: int, route: str, provider_id: str
+    ) -> list[tuple[str, str, int]]:
+        """Failed attempts per (route, error class), counted by the database."""
+        sql, params = _window(
+            "SELECT route, error_class, COUNT(*) FROM llm_attempts",
+            start_ms,
+            end_ms,
+            route,
+            provider_id,
+        )
+        rows = await self.db.fetchall(
+            sql + " AND ok = 0 GROUP BY route, error_class", params
+        )
+        return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
 
 def _window(
     select: str, start_ms: int, end_ms: int, route: str, provider_id: str

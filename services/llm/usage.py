@@ -89,6 +89,8 @@ class RouteSummary:
     output_tokens: int = 0
     cost_usd: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    # Failed attempts on the route's providers by class, hidden ones included.
+    attempt_failures: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,6 +128,9 @@ async def summarize(
     end_ms = end_ms if end_ms is not None else int(time.time() * 1000) + 1
     requests = await store.requests_between(start_ms, end_ms, route, provider_id)
     attempts = await store.attempts_between(start_ms, end_ms, route, provider_id)
+    failures = await store.attempt_failures_between(
+        start_ms, end_ms, route, provider_id
+    )
 
     routes: dict[str, RouteSummary] = {}
     for r in requests:
@@ -138,6 +143,9 @@ async def summarize(
         summary.output_tokens += r.output_tokens
         summary.cost_usd += r.cost_usd
         summary.latencies_ms.append(r.latency_ms)
+    for route_name, error_class, count in failures:
+        summary = routes.setdefault(route_name, RouteSummary(route_name))
+        summary.attempt_failures[error_class] = count
 
     providers: dict[tuple[str, str], ProviderSummary] = {}
     for a in attempts:

@@ -42,6 +42,7 @@ class Fault:
     after_chunks: int = 2
     hold_open: bool = False
     quote_prompt: bool = False
+    error_type: str = ""
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
@@ -69,6 +70,33 @@ def content_policy(quote_prompt: bool = False) -> Fault:
     """HTTP 400 refusing the prompt on content-policy grounds; with
     `quote_prompt`, the refusal quotes the last message, as some providers do."""
     return Fault("content_policy", status=400, quote_prompt=quote_prompt)
+
+
+_ERROR_EVENT_STATUS = {
+    "overloaded_error": 529,
+    "api_error": 500,
+    "rate_limit_error": 429,
+    "invalid_request_error": 400,
+}
+
+
+def error_event(
+    error_type: str = "overloaded_error",
+    after_chunks: int = 0,
+    quote_prompt: bool = False,
+) -> Fault:
+    """In a stream that began with HTTP 200, an error event after `after_chunks`
+    pieces of text (0: before any), then the end of the stream: Anthropic's
+    `event: error` with `{"type": "error", "error": {"type": ...}}`, or
+    OpenAI's `data: {"error": {...}}`. With `quote_prompt`, the error's message
+    quotes the last message. A plain request gets the type's HTTP error."""
+    return Fault(
+        "error_event",
+        status=_ERROR_EVENT_STATUS.get(error_type, 500),
+        after_chunks=after_chunks,
+        quote_prompt=quote_prompt,
+        error_type=error_type,
+    )
 
 
 def reset_before_headers() -> Fault:
@@ -277,6 +305,8 @@ class FakeProvider:
             return self._error(401, "authentication_error", "invalid api key")
         if fault is not None and fault.kind in _ERROR_FAULTS:
             return self._fault_error(fault, body)
+        if fault is not None and fault.kind == "error_event" and not body.get("stream"):
+            return self._fault_error(fault, body)
         if (
             self.context_window is not None
             and _count_tokens(body) > self.context_window
@@ -308,6 +338,9 @@ class FakeProvider:
             return self._error(401, "authentication_error", "invalid api key")
         if fault.kind == "context_length":
             return self._context_length_error()
+        if fault.kind == "error_event":
+            message = _error_event_message(fault, body or {})
+            return self._error(fault.status, fault.error_type, message)
         quoted = _last_message_text(body) if fault.quote_prompt and body else ""
         return self._content_policy_error(quoted)
 
@@ -457,6 +490,10 @@ class FakeProvider:
                     return response
                 if kind == "invalid_json":
                     await response.write(_sse("{not valid json", self._event_name()))
+                if kind == "error_event":
+                    await response.write(self._error_event(fault, body))
+                    await response.write_eof()
+                    return response
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
             await response.write(event)
@@ -471,6 +508,12 @@ class FakeProvider:
             await response.write(event)
         await response.write_eof()
         return response
+
+    def _error_event(self, fault: Fault, body: dict[str, Any]) -> bytes:
+        error = {"type": fault.error_type, "message": _error_event_message(fault, body)}
+        if self.flavor == "openai":
+            return _sse(json.dumps({"error": {**error, "code": None}}))
+        return _sse(json.dumps({"type": "error", "error": error}), "error")
 
     def _event_name(self) -> str | None:
         return None if self.flavor == "openai" else "content_block_delta"
@@ -587,6 +630,14 @@ _ERROR_FAULTS = {
     "context_length",
     "content_policy",
 }
+
+
+def _error_event_message(fault: Fault, body: dict[str, Any]) -> str:
+    message = {"overloaded_error": "Overloaded", "api_error": "Internal server error"}
+    text = message.get(fault.error_type, "The request failed.")
+    if fault.quote_prompt:
+        text += f' Offending input: "{_last_message_text(body)}".'
+    return text
 
 
 def _last_message_text(body: dict[str, Any]) -> str:

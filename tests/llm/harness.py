@@ -213,6 +213,19 @@ async def start_llm(
             await channel.close()
 
 
+class Stopwatch:
+    """Seconds since it was made, for behavioural time bounds: tests never
+    assert performance, only bounds far from real timings (a wait that was or
+    was not taken, with the configured wait made large)."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._started
+
+
 async def eventually(predicate: Any, within: float = 5.0) -> bool:
     """Poll `predicate` until true or `within` seconds passed."""
     end = time.monotonic() + within

@@ -10,11 +10,21 @@ import pytest
 
 from empire.llm.v1 import llm_service_pb2 as pb
 from services.llm.circuit import CircuitBreaker, CircuitState
+from services.llm.health import HealthBoard
+from services.llm.models import ErrorClass, ProviderFailure
 from tests.harness import fake_providers as faults
 from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
 from tests.harness.grpc_errors import error_info
 from tests.harness.tokens import LocalIssuer
-from tests.llm.harness import FAST_POLICY, RunningLlm, eventually, start_llm
+from tests.llm.harness import (
+    FAST_POLICY,
+    REQUEST_TIMEOUT,
+    RunningLlm,
+    Stopwatch,
+    eventually,
+    seconds,
+    start_llm,
+)
 
 
 class Clock:
@@ -50,8 +60,10 @@ async def test_primary_down_then_recovered_opens_serves_fallback_probes_and_retu
     assert health.last_error_class == pb.ERROR_CLASS_SERVER_ERROR
     assert health.HasField("next_probe_time")
 
-    # While open, the primary is not even tried.
+    # While open, the primary is not even tried (and nothing waits for it).
+    watch = Stopwatch()
     third = await llm.client.complete()
+    assert watch.seconds < REQUEST_TIMEOUT
     assert third.provider_id == "fallback" and not third.failed_attempts
     assert openai_primary.completions == 3
 
@@ -86,6 +98,24 @@ async def test_active_health_check_probes_and_closes_a_recovered_circuit(
     assert probe_body["max_completion_tokens"] == 1
     response = await llm.client.complete()
     assert response.provider_id == "primary" and not response.failed_attempts
+
+
+async def test_an_anthropic_provider_passes_its_health_check(
+    llm: RunningLlm, anthropic_fallback: FakeProvider
+) -> None:
+    await llm.client.put("claude", anthropic_fallback)
+
+    await llm.runtime.checker.check_all()
+
+    health = await state_of(llm, "claude")
+    assert health.last_check_ok
+    assert health.last_error_class == pb.ERROR_CLASS_UNSPECIFIED
+    assert anthropic_fallback.requests[-1].body == {
+        "model": "claude-fake",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "ping"}],
+        "temperature": 0.0,
+    }
 
 
 async def test_scheduled_checks_close_a_recovered_circuit(
@@ -131,42 +161,146 @@ async def test_scheduled_checks_spare_providers_that_just_served_a_caller(
     assert checked == {"busy": False, "idle": True}
 
 
-async def test_lone_provider_circuit_opens_and_fails_fast_within_a_short_deadline(
-    llm: RunningLlm, openai_primary: FakeProvider
+async def test_lone_provider_circuit_opens_and_fails_fast_far_under_its_timeout(
+    issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
 ) -> None:
-    await llm.client.put("primary", openai_primary)
-    openai_primary.inject(faults.server_error(500), times=None)
-    for _ in range(2):
-        with pytest.raises(grpc.aio.AioRpcError):
-            await llm.client.complete()
-    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
-    seen = openai_primary.completions
+    # A cool-down beyond the caller's deadline: no probe can be waited for.
+    policy = dataclasses.replace(
+        FAST_POLICY, breaker_cooldown_seconds=60, breaker_cooldown_max_seconds=120
+    )
+    async for llm in start_llm(issuer, sqlite_url, policy=policy):
+        await llm.client.put("primary", openai_primary, request_timeout=seconds(30))
+        openai_primary.inject(faults.server_error(500), times=None)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await llm.client.complete()
+        assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+        seen = openai_primary.completions
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.client.complete(timeout=0.2)
+        watch = Stopwatch()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete(timeout=10)
+        took = watch.seconds
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "CIRCUIT_OPEN"
     assert openai_primary.completions == seen
+    # Far under the caller's 10 s deadline and the provider's 30 s timeout.
+    assert took < REQUEST_TIMEOUT
 
 
 async def test_lone_provider_request_waits_for_the_probe_when_its_deadline_allows(
-    llm: RunningLlm, openai_primary: FakeProvider
+    issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
 ) -> None:
-    await llm.client.put("primary", openai_primary)
-    openai_primary.inject(faults.server_error(500), times=None)
-    for _ in range(2):
-        with pytest.raises(grpc.aio.AioRpcError):
-            await llm.client.complete()
-    seen = openai_primary.completions
-    openai_primary.clear()
+    cooldown = 2.0
+    policy = dataclasses.replace(FAST_POLICY, breaker_cooldown_seconds=cooldown)
+    async for llm in start_llm(issuer, sqlite_url, policy=policy):
+        await llm.client.put("primary", openai_primary)
+        openai_primary.inject(faults.server_error(500), times=None)
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await llm.client.complete()
+        watch = Stopwatch()  # the circuit opened just before this
+        seen = openai_primary.completions
+        openai_primary.clear()
 
-    response = await llm.client.complete(timeout=5.0)
+        response = await llm.client.complete(timeout=10)
+        took = watch.seconds
+        state = (await state_of(llm, "primary")).state
 
     assert response.content == DEFAULT_REPLY
     assert not response.failed_attempts
     assert openai_primary.completions == seen + 1
-    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_CLOSED
+    assert state == pb.CIRCUIT_STATE_CLOSED
+    # The probe came no sooner than one cool-down after the failure that
+    # opened the circuit, and the request waited about that long: not the
+    # caller's whole 10 s deadline.
+    probe_gap = openai_primary.requests[-1].at - openai_primary.requests[-2].at
+    assert probe_gap >= cooldown
+    assert cooldown - 0.5 <= took < cooldown + REQUEST_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "error_type, after",
+    [
+        pytest.param("overloaded_error", pb.CIRCUIT_STATE_OPEN, id="overloaded"),
+        pytest.param(
+            "invalid_request_error", pb.CIRCUIT_STATE_HALF_OPEN, id="invalid-request"
+        ),
+    ],
+)
+async def test_a_probe_answered_by_an_error_event_never_closes_the_circuit(
+    llm: RunningLlm, openai_fallback: FakeProvider, error_type: str, after: int
+) -> None:
+    async with FakeProvider("anthropic", model="claude-fake") as primary:
+        await llm.client.put("primary", primary, priority=0)
+        await llm.client.put("fallback", openai_fallback, priority=1)
+        primary.inject(faults.auth_error(), times=1)
+        await llm.client.complete()
+        assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+
+        await asyncio.sleep(FAST_POLICY.breaker_cooldown_seconds + 0.1)
+        # The probe's stream starts with HTTP 200, then the error event.
+        primary.inject(faults.error_event(error_type), times=None)
+        watch = Stopwatch()
+        result = await llm.client.stream()
+        took = watch.seconds
+        health = await state_of(llm, "primary")
+
+    assert result.done is not None and result.done.provider_id == "fallback"
+    assert [a.provider_id for a in result.done.failed_attempts] == ["primary"]
+    assert primary.completions == 2  # the tripping call and the one probe
+    # A server error reopens the circuit; a refusal inside a 200 stream gives
+    # no verdict: the circuit stays half-open for the next probe.
+    assert health.state == after
+    assert took < REQUEST_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "failure, state",
+    [
+        pytest.param(
+            ProviderFailure(ErrorClass.BAD_REQUEST, "no prefill", http_status=400),
+            CircuitState.CLOSED,
+            id="4xx-refusal-proves-it-answers",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.BAD_REQUEST, "no", http_status=200),
+            CircuitState.HALF_OPEN,
+            id="refusal-inside-a-200-stream",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.CONTENT_POLICY, "filtered"),
+            CircuitState.HALF_OPEN,
+            id="no-http-status",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.DEADLINE_EXCEEDED, "the caller's deadline"),
+            CircuitState.HALF_OPEN,
+            id="deadline",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.SERVER_ERROR, "x", http_status=200),
+            CircuitState.OPEN,
+            id="server-error-event",
+        ),
+    ],
+)
+def test_only_an_http_refusal_closes_a_half_open_circuit(
+    failure: ProviderFailure, state: CircuitState
+) -> None:
+    clock = Clock()
+    board = HealthBoard(FAST_POLICY, clock)
+    breaker = board.get("p").breaker
+    breaker.record_failure(trip=True)
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+    assert breaker.try_acquire()  # the probe
+
+    board.record_failure("p", failure)
+
+    assert breaker.state is state
+    if state is CircuitState.HALF_OPEN:
+        assert breaker.try_acquire()  # the slot is free for the next probe
 
 
 def test_breaker_opens_on_failure_rate_without_a_run_of_failures() -> None:

@@ -1,17 +1,34 @@
-"""Complete under provider faults: what the caller got, and what each provider saw."""
+"""Complete under provider faults: what the caller got, what each provider saw,
+and how long it took (bounds far from real timings, never performance)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import grpc
 import pytest
 
 from empire.llm.v1 import llm_service_pb2 as pb
+from services.llm.models import ProviderConfig
+from services.llm.store import open_store
 from tests.harness import fake_providers as faults
 from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider, Flavor
 from tests.harness.grpc_errors import error_info
-from tests.llm.harness import RunningLlm, eventually, seconds
+from tests.harness.tokens import LocalIssuer
+from tests.llm.harness import (
+    FAST_POLICY,
+    REQUEST_TIMEOUT,
+    RunningLlm,
+    Stopwatch,
+    eventually,
+    seconds,
+    start_llm,
+)
+
+# A fault answered at once, retried after a backoff of at most 50 ms or failed
+# over, ends long before any attempt could have waited out its 2 s timeout.
+NO_TIMEOUT_WAITED = REQUEST_TIMEOUT
 
 
 def classes(response: pb.CompleteResponse) -> list[tuple[str, int]]:
@@ -51,6 +68,7 @@ async def test_server_error_once_is_retried_on_the_same_provider(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.server_error(500), times=1)
 
+    watch = Stopwatch()
     response = await llm.client.complete()
 
     assert response.content == DEFAULT_REPLY
@@ -58,6 +76,7 @@ async def test_server_error_once_is_retried_on_the_same_provider(
     assert classes(response) == [("primary", pb.ERROR_CLASS_SERVER_ERROR)]
     assert response.failed_attempts[0].http_status == 500
     assert (openai_primary.completions, openai_fallback.completions) == (2, 0)
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_persistent_503_retries_then_fails_over(
@@ -67,6 +86,7 @@ async def test_persistent_503_retries_then_fails_over(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.server_error(503), times=None)
 
+    watch = Stopwatch()
     response = await llm.client.complete()
 
     assert response.content == DEFAULT_REPLY
@@ -76,6 +96,7 @@ async def test_persistent_503_retries_then_fails_over(
         ("primary", pb.ERROR_CLASS_SERVER_ERROR),
     ]
     assert (openai_primary.completions, openai_fallback.completions) == (2, 1)
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_persistent_503_on_every_provider_is_a_clean_unavailable(
@@ -86,6 +107,7 @@ async def test_persistent_503_on_every_provider_is_a_clean_unavailable(
     openai_primary.inject(faults.server_error(503), times=None)
     openai_fallback.inject(faults.server_error(503), times=None)
 
+    watch = Stopwatch()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.client.complete()
 
@@ -97,6 +119,7 @@ async def test_persistent_503_on_every_provider_is_a_clean_unavailable(
         "fallback:SERVER_ERROR,fallback:SERVER_ERROR"
     )
     assert (openai_primary.completions, openai_fallback.completions) == (2, 2)
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_retry_budget_bounds_the_attempts_of_one_request(
@@ -108,12 +131,15 @@ async def test_retry_budget_bounds_the_attempts_of_one_request(
             fake.inject(faults.server_error(500), times=None)
             await llm.client.put(f"p{index}", fake, priority=index)
 
+        watch = Stopwatch()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await llm.client.complete()
 
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "retry budget" in (caught.value.details() or "")
         assert sum(f.completions for f in fakes) == llm.settings.policy.max_attempts
+        assert [f.completions for f in fakes] == [2, 2, 1, 0]
+        assert watch.seconds < NO_TIMEOUT_WAITED
     finally:
         for fake in fakes:
             await fake.close()
@@ -123,46 +149,68 @@ async def test_rate_limit_with_retry_after_waits_when_no_other_provider(
     llm: RunningLlm, openai_primary: FakeProvider
 ) -> None:
     await llm.client.put("primary", openai_primary)
-    openai_primary.inject(faults.rate_limited(retry_after=0.3), times=1)
+    openai_primary.inject(faults.rate_limited(retry_after=1), times=1)
 
-    response = await llm.client.complete()
+    watch = Stopwatch()
+    response = await llm.client.complete(timeout=20)
 
     assert response.content == DEFAULT_REPLY
     assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
     assert response.failed_attempts[0].http_status == 429
     gap = openai_primary.requests[1].at - openai_primary.requests[0].at
-    # The second try came no earlier than the provider asked.
-    assert gap >= 0.3
+    # The second try came no earlier than the provider asked, and the wait was
+    # the one asked for, not the caller's whole deadline.
+    assert gap >= 1.0
+    assert watch.seconds < 1.0 + NO_TIMEOUT_WAITED
     assert openai_primary.completions == 2
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        pytest.param(4, id="fits-the-deadline"),
+        pytest.param(30, id="beyond-the-deadline"),
+    ],
+)
 async def test_rate_limit_with_retry_after_fails_over_to_a_ready_provider(
-    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+    llm: RunningLlm,
+    openai_primary: FakeProvider,
+    openai_fallback: FakeProvider,
+    retry_after: float,
 ) -> None:
     await llm.client.put("primary", openai_primary, priority=0)
     await llm.client.put("fallback", openai_fallback, priority=1)
-    openai_primary.inject(faults.rate_limited(retry_after=0.3), times=1)
+    openai_primary.inject(faults.rate_limited(retry_after=retry_after), times=1)
 
-    response = await llm.client.complete()
+    watch = Stopwatch()
+    response = await llm.client.complete(timeout=10)
 
     assert response.provider_id == "fallback"
     assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
     assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+    # A ready provider is used at once: nothing waited for the Retry-After.
+    assert watch.seconds < min(retry_after, NO_TIMEOUT_WAITED)
 
 
 async def test_rate_limit_whose_retry_after_exceeds_the_deadline_fails_fast(
-    llm: RunningLlm, openai_primary: FakeProvider
+    issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
 ) -> None:
-    await llm.client.put("primary", openai_primary)
-    openai_primary.inject(faults.rate_limited(retry_after=30), times=1)
+    # The wait is allowed by the policy, so only the deadline rules it out.
+    policy = dataclasses.replace(FAST_POLICY, max_retry_after_seconds=60)
+    async for llm in start_llm(issuer, sqlite_url, policy=policy):
+        await llm.client.put("primary", openai_primary)
+        openai_primary.inject(faults.rate_limited(retry_after=30), times=1)
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await llm.client.complete(timeout=3.0)
+        watch = Stopwatch()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete(timeout=10)
+        took = watch.seconds
 
     # Not DEADLINE_EXCEEDED: the service gave up at once instead of sleeping.
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).metadata["attempts"] == "primary:RATE_LIMITED"
     assert openai_primary.completions == 1
+    assert took < NO_TIMEOUT_WAITED  # far under the 10 s deadline and the 30 s
 
 
 async def test_rate_limit_without_retry_after_fails_over(
@@ -172,11 +220,13 @@ async def test_rate_limit_without_retry_after_fails_over(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.rate_limited(), times=None)
 
+    watch = Stopwatch()
     response = await llm.client.complete()
 
     assert response.provider_id == "fallback"
     assert classes(response) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
     assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_tcp_reset_before_headers_is_retried_then_failed_over(
@@ -186,6 +236,7 @@ async def test_tcp_reset_before_headers_is_retried_then_failed_over(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.reset_before_headers(), times=None)
 
+    watch = Stopwatch()
     response = await llm.client.complete()
 
     assert response.content == DEFAULT_REPLY
@@ -195,6 +246,42 @@ async def test_tcp_reset_before_headers_is_retried_then_failed_over(
         ("primary", pb.ERROR_CLASS_CONNECTION),
     ]
     assert (openai_primary.completions, openai_fallback.completions) == (2, 1)
+    assert watch.seconds < NO_TIMEOUT_WAITED
+
+
+async def test_a_stored_endpoint_the_http_client_cannot_use_fails_over(
+    llm: RunningLlm, sqlite_url: str, openai_fallback: FakeProvider
+) -> None:
+    # Written before PutProvider refused such URLs (a port out of range).
+    store = await open_store(sqlite_url)
+    try:
+        await store.put_provider(
+            ProviderConfig(
+                provider_id="broken",
+                kind="openai",
+                endpoint="http://127.0.0.1:99999/v1",
+                model="m",
+                route="chat",
+                request_timeout_seconds=REQUEST_TIMEOUT,
+            )
+        )
+    finally:
+        await store.close()
+    await llm.runtime.registry.load()
+    await llm.client.put("fallback", openai_fallback, priority=1)
+
+    watch = Stopwatch()
+    response = await llm.client.complete()
+
+    # Not INTERNAL: the provider's configuration is at fault, not the service.
+    assert response.provider_id == "fallback"
+    assert response.content == DEFAULT_REPLY
+    assert classes(response) == [
+        ("broken", pb.ERROR_CLASS_CONNECTION),
+        ("broken", pb.ERROR_CLASS_CONNECTION),
+    ]
+    assert openai_fallback.completions == 1
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_silent_provider_times_out_and_is_not_retried(
@@ -204,7 +291,9 @@ async def test_silent_provider_times_out_and_is_not_retried(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.no_answer(), times=None)
 
-    response = await llm.client.complete()
+    watch = Stopwatch()
+    response = await llm.client.complete(timeout=30)
+    took = watch.seconds
 
     assert response.provider_id == "fallback"
     assert classes(response) == [("primary", pb.ERROR_CLASS_TIMEOUT)]
@@ -213,6 +302,8 @@ async def test_silent_provider_times_out_and_is_not_retried(
     assert response.failed_attempts[0].latency.ToMilliseconds() >= 1900
     assert (openai_primary.completions, openai_fallback.completions) == (1, 1)
     assert await eventually(lambda: openai_primary.abandoned == 1)
+    # It waited out the 2 s timeout once, and never the caller's 30 s.
+    assert REQUEST_TIMEOUT - 0.1 <= took < 10
 
 
 async def test_caller_deadline_ends_the_attempt_on_a_silent_provider(
@@ -221,11 +312,14 @@ async def test_caller_deadline_ends_the_attempt_on_a_silent_provider(
     await llm.client.put("primary", openai_primary, request_timeout=seconds(60))
     openai_primary.inject(faults.no_answer(), times=None)
 
+    watch = Stopwatch()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.client.complete(timeout=0.8)
+    took = watch.seconds
 
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert openai_primary.completions == 1
+    assert took < 10  # the caller's 0.8 s, far from the provider's 60 s
     # No attempt outlives its caller: the provider saw the request abandoned.
     assert await eventually(lambda: openai_primary.abandoned == 1)
 
@@ -241,12 +335,14 @@ async def test_context_length_goes_to_a_larger_window_never_the_same_model(
         await llm.client.put("small-twin", twin, priority=1, context_window=5)
         await llm.client.put("large", large, priority=2, context_window=100_000)
 
+        watch = Stopwatch()
         response = await llm.client.complete("one two three four five six seven")
 
         assert response.provider_id == "large"
         assert classes(response) == [("small", pb.ERROR_CLASS_CONTEXT_LENGTH_EXCEEDED)]
         assert "maximum context length" in response.failed_attempts[0].message
         assert (small.completions, twin.completions, large.completions) == (1, 0, 1)
+        assert watch.seconds < NO_TIMEOUT_WAITED
     finally:
         for fake in (small, twin, large):
             await fake.close()
@@ -258,6 +354,7 @@ async def test_context_length_with_no_larger_window_names_the_messages(
     await llm.client.put("primary", openai_primary)
     openai_primary.inject(faults.context_length(), times=None)
 
+    watch = Stopwatch()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.client.complete()
 
@@ -266,6 +363,7 @@ async def test_context_length_with_no_larger_window_names_the_messages(
     assert info.reason == "CONTEXT_LENGTH_EXCEEDED"
     assert info.metadata["field"] == "messages"
     assert openai_primary.completions == 1
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_prompt_surely_beyond_every_window_is_refused_without_a_call(
@@ -273,12 +371,14 @@ async def test_prompt_surely_beyond_every_window_is_refused_without_a_call(
 ) -> None:
     await llm.client.put("primary", openai_primary, context_window=10)
 
+    watch = Stopwatch()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.client.complete("word " * 100)
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(caught.value).reason == "CONTEXT_LENGTH_EXCEEDED"
     assert openai_primary.completions == 0
+    assert watch.seconds < NO_TIMEOUT_WAITED
 
 
 async def test_content_policy_is_not_retried_and_carries_the_providers_reason(
@@ -290,9 +390,11 @@ async def test_content_policy_is_not_retried_and_carries_the_providers_reason(
         await llm.client.put("same-model", same_model, priority=1)
         openai_primary.inject(faults.content_policy(), times=None)
 
+        watch = Stopwatch()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await llm.client.complete()
 
+        assert watch.seconds < NO_TIMEOUT_WAITED
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         info = error_info(caught.value)
         assert info.reason == "CONTENT_POLICY"
@@ -313,8 +415,10 @@ async def test_a_refusal_quoting_the_prompt_reaches_no_one_with_the_prompt(
         await llm.client.put("primary", refusing, priority=0)
         refusing.inject(faults.content_policy(quote_prompt=True), times=None)
 
+        watch = Stopwatch()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await llm.client.complete(prompt)
+        assert watch.seconds < NO_TIMEOUT_WAITED
         health = await llm.client.call(
             "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="primary")
         )
@@ -342,9 +446,11 @@ async def test_authentication_error_opens_the_circuit_and_fails_over(
     await llm.client.put("fallback", openai_fallback, priority=1)
     openai_primary.inject(faults.auth_error(), times=None)
 
+    watch = Stopwatch()
     first = await llm.client.complete()
     second = await llm.client.complete()
 
+    assert watch.seconds < NO_TIMEOUT_WAITED
     assert first.provider_id == second.provider_id == "fallback"
     assert classes(first) == [("primary", pb.ERROR_CLASS_AUTHENTICATION)]
     assert not second.failed_attempts  # the open circuit skips the primary
@@ -364,9 +470,11 @@ async def test_malformed_json_answer_fails_over(
     await llm.client.put("fallback", anthropic_fallback, priority=1)
     openai_primary.inject(faults.invalid_json_mid_stream(), times=None)
 
+    watch = Stopwatch()
     response = await llm.client.complete()
 
     assert response.content == DEFAULT_REPLY
     assert response.provider_id == "fallback"
     assert classes(response) == [("primary", pb.ERROR_CLASS_MALFORMED_RESPONSE)]
     assert (openai_primary.completions, anthropic_fallback.completions) == (1, 1)
+    assert watch.seconds < NO_TIMEOUT_WAITED

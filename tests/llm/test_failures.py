@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from typing import Any
 
 import anthropic
 import httpx2
@@ -149,3 +150,114 @@ def test_authentication_message_never_repeats_the_providers_text() -> None:
 def test_retry_after_forms(headers: dict[str, str], expected: float | None) -> None:
     response = httpx2.Response(429, request=REQUEST, headers=headers)
     assert retry_after_seconds(response) == expected
+
+
+async def sdk_error(flavor: str, base_url: str) -> BaseException:
+    """What the real SDK raises, building its client included, when asked for a
+    completion at `base_url`."""
+    client: Any = None
+    try:
+        if flavor == "openai":
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        else:
+            client = anthropic.AsyncAnthropic(
+                base_url=base_url, api_key="k", max_retries=0
+            )
+            await client.messages.create(
+                model="m", max_tokens=1, messages=[{"role": "user", "content": "hi"}]
+            )
+    except Exception as error:  # noqa: BLE001 - the error is the result
+        return error
+    finally:
+        if client is not None:
+            await client.close()
+    raise AssertionError(f"{base_url} answered")
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        pytest.param("http://127.0.0.1:99999/v1", id="port-out-of-range"),
+        pytest.param("http://[::1/v1", id="unparsable"),
+        pytest.param("htp://127.0.0.1/v1", id="unsupported-protocol"),
+    ],
+)
+async def test_an_endpoint_the_http_client_cannot_use_is_a_connection_failure(
+    flavor: str, base_url: str
+) -> None:
+    # Stored before validation refused such URLs: the route must fail over,
+    # not answer INTERNAL.
+    error = await sdk_error(flavor, base_url)
+
+    failure = classify(error)
+
+    assert failure.error_class is ErrorClass.CONNECTION
+    assert failure.error_class.counts_against_provider
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(httpx2.InvalidURL("Invalid port: ':1'"), id="invalid-url"),
+        pytest.param(httpx2.UnsupportedProtocol("htp"), id="unsupported-protocol"),
+        pytest.param(httpx2.TooManyRedirects("loop", request=REQUEST), id="redirects"),
+    ],
+)
+def test_http_client_errors_the_sdks_leave_unwrapped_are_failed_over(
+    error: Exception,
+) -> None:
+    assert classify(error).error_class is ErrorClass.CONNECTION
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            {"type": "overloaded_error", "message": "Overloaded"},
+            ErrorClass.SERVER_ERROR,
+        ),
+        ({"type": "api_error", "message": "Internal"}, ErrorClass.SERVER_ERROR),
+        ({"type": "rate_limit_error", "message": "slow down"}, ErrorClass.RATE_LIMITED),
+        ({"type": "authentication_error", "message": "k"}, ErrorClass.AUTHENTICATION),
+        ({"type": "invalid_request_error", "message": "no"}, ErrorClass.BAD_REQUEST),
+        ({"type": "something_new", "message": "?"}, ErrorClass.SERVER_ERROR),
+        ({}, ErrorClass.SERVER_ERROR),
+    ],
+)
+def test_an_error_event_inside_a_200_stream_is_classified_by_its_type(
+    body: dict, expected: ErrorClass
+) -> None:
+    failure = classify_status(200, body)
+
+    assert failure.error_class is expected
+    assert failure.http_status == 200
+    if expected is ErrorClass.SERVER_ERROR:
+        assert failure.message.startswith("the provider sent an error event")
+
+
+def test_an_anthropic_error_event_from_the_sdk_is_a_server_error() -> None:
+    response = httpx2.Response(200, request=REQUEST)
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}
+    error = anthropic.AsyncAnthropic(api_key="k")._make_status_error(
+        str(body), body=body, response=response
+    )
+
+    failure = classify(error)
+
+    assert failure.error_class is ErrorClass.SERVER_ERROR
+    assert "overloaded_error" in failure.message
+
+
+def test_only_a_reason_taken_from_the_provider_is_flagged_for_redaction() -> None:
+    refused = classify_status(400, {"message": "bad input: violet heron"})
+    event = classify_status(
+        200, {"type": "invalid_request_error", "message": "bad: violet heron"}
+    )
+    own = classify_status(503, {"message": "violet heron"})
+
+    assert refused.provider_text and event.provider_text
+    assert not own.provider_text and "heron" not in own.message

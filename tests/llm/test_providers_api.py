@@ -283,3 +283,74 @@ async def test_a_second_replica_picks_up_provider_edits(
 
     assert served and gone
     assert response.provider_id == "p"
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        pytest.param(
+            {"endpoint": "http://[::1/v1"}, "provider.endpoint", id="unparsable-url"
+        ),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1:99999/v1"},
+            "provider.endpoint",
+            id="port-out-of-range",
+        ),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1:0/v1"}, "provider.endpoint", id="port-zero"
+        ),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1:x/v1"}, "provider.endpoint", id="port-text"
+        ),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1/v1\x00"}, "provider.endpoint", id="url-nul"
+        ),
+        pytest.param(
+            {"endpoint": "http://127.0.0.1/v\n1"}, "provider.endpoint", id="url-newline"
+        ),
+        pytest.param({"model": "gpt\x00mini"}, "provider.model", id="model-nul"),
+        pytest.param({"model": "gpt\x1b[2J"}, "provider.model", id="model-escape"),
+        pytest.param({"provider_id": "p\n"}, "provider.provider_id", id="id-newline"),
+        pytest.param({"route": "chat\n"}, "provider.route", id="route-newline"),
+        pytest.param(
+            {"api_key_id": "llm/openai\n"}, "provider.api_key_id", id="key-id-newline"
+        ),
+    ],
+)
+async def test_put_provider_refuses_what_the_store_or_the_sdks_cannot_take(
+    llm_db: RunningLlm, fields: dict[str, Any], field: str
+) -> None:
+    values: dict[str, Any] = {
+        "provider_id": "p",
+        "kind": pb.PROVIDER_KIND_OPENAI,
+        "endpoint": "https://api.example.com/v1",
+        "model": "m",
+        "route": "chat",
+    }
+    provider = pb.Provider(**(values | fields))
+    call = llm_db.client.call("PutProvider", pb.PutProviderRequest(provider=provider))
+
+    # Not INTERNAL from the URL parser or the database driver.
+    assert await invalid_field(call) == field
+    listed = await llm_db.client.call("ListProviders", pb.ListProvidersRequest())
+    assert not listed.providers
+
+
+async def test_weight_unset_is_one_and_an_explicit_zero_is_refused(
+    llm: RunningLlm,
+) -> None:
+    unset = await llm.client.put("unset")
+    heavy = await llm.client.put("heavy", weight=1000)
+
+    zero = llm.client.put("drained", weight=0)
+
+    assert (unset.weight, heavy.weight) == (1, 1000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await zero
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(caught.value).field_violations[0].field == "provider.weight"
+    assert "disabled" in (caught.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await llm.client.call(
+            "GetProvider", pb.GetProviderRequest(provider_id="drained")
+        )

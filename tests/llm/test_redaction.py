@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.llm.models import ErrorClass, ProviderFailure
 from services.llm.redaction import REDACTED, redact_failure, without_prompt
 
@@ -40,14 +42,32 @@ def test_an_empty_prompt_or_reason_changes_nothing() -> None:
     assert without_prompt("", PROMPT) == ""
 
 
-def test_only_a_providers_4xx_text_is_redacted() -> None:
+@pytest.mark.parametrize(
+    "status",
+    [
+        pytest.param(400, id="4xx-body"),
+        pytest.param(200, id="error-event-in-a-200-stream"),
+        pytest.param(0, id="error-chunk-without-status"),
+    ],
+)
+def test_text_quoting_the_provider_is_redacted_whatever_its_status(
+    status: int,
+) -> None:
     quoting = ProviderFailure(
-        ErrorClass.CONTENT_POLICY, "flagged: violet heron nests", http_status=400
+        ErrorClass.BAD_REQUEST,
+        "flagged: violet heron nests",
+        http_status=status,
+        provider_text=True,
     )
-    redacted = redact_failure(quoting, PROMPT)
-    assert redacted.message == f"flagged: {REDACTED}"
-    assert redacted.error_class is ErrorClass.CONTENT_POLICY
-    assert redacted.http_status == 400
 
-    own = ProviderFailure(ErrorClass.TIMEOUT, "the violet heron nests")
+    redacted = redact_failure(quoting, PROMPT)
+
+    assert redacted.message == f"flagged: {REDACTED}"
+    assert redacted.error_class is ErrorClass.BAD_REQUEST
+    assert redacted.http_status == status
+    assert redacted.provider_text
+
+
+def test_this_services_own_text_is_left_alone() -> None:
+    own = ProviderFailure(ErrorClass.TIMEOUT, "the violet heron nests", http_status=400)
     assert redact_failure(own, PROMPT) is own

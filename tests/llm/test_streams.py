@@ -1,4 +1,5 @@
-"""StreamComplete under provider faults: never a truncated success."""
+"""StreamComplete under provider faults: never a truncated success, and each
+fault ends in a time bound far from real timings (never a performance check)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ from empire.llm.v1 import llm_service_pb2 as pb
 from tests.harness import fake_providers as faults
 from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
 from tests.harness.grpc_errors import error_info
-from tests.llm.harness import RunningLlm, user
+from tests.llm.harness import RunningLlm, Stopwatch, seconds, user
 
 FLAVORS = [
     pytest.param("openai", id="openai"),
     pytest.param("anthropic", id="anthropic"),
 ]
+# The route's stream timers, far above what a fault answered at once takes, so
+# that "nothing waited" holds on a loaded machine; the tests of the timers
+# themselves shorten them to SHORT_WAIT, with the request timeout (the SDK's
+# HTTP backstop) far above.
+LONG_WAIT = 4.0
+NO_WAIT = LONG_WAIT / 2
+SHORT_WAIT = 1.0
+REQUEST_TIMEOUT = 30.0
 
 
 @pytest.fixture(params=FLAVORS)
@@ -35,12 +44,25 @@ async def fallback() -> AsyncIterator[FakeProvider]:
         yield fake
 
 
+async def put(
+    llm: RunningLlm, provider_id: str, fake: FakeProvider, priority: int, wait: float
+) -> None:
+    await llm.client.put(
+        provider_id,
+        fake,
+        priority=priority,
+        first_token_timeout=seconds(wait),
+        stream_idle_timeout=seconds(wait),
+        request_timeout=seconds(REQUEST_TIMEOUT),
+    )
+
+
 @pytest.fixture
 async def route(
     llm: RunningLlm, primary: FakeProvider, fallback: FakeProvider
 ) -> RunningLlm:
-    await llm.client.put("primary", primary, priority=0)
-    await llm.client.put("fallback", fallback, priority=1)
+    await put(llm, "primary", primary, 0, LONG_WAIT)
+    await put(llm, "fallback", fallback, 1, LONG_WAIT)
     return llm
 
 
@@ -66,6 +88,7 @@ async def test_failure_before_any_token_fails_over_invisibly(
 ) -> None:
     primary.inject(faults.server_error(503), times=None)
 
+    watch = Stopwatch()
     result = await route.client.stream()
 
     assert result.error is None
@@ -77,14 +100,79 @@ async def test_failure_before_any_token_fails_over_invisibly(
     assert result.done is not None
     assert [a.provider_id for a in result.done.failed_attempts] == ["primary"] * 2
     assert (primary.completions, fallback.completions) == (2, 1)
+    assert watch.seconds < NO_WAIT
+
+
+@pytest.mark.parametrize(
+    "error_type, error_class, tries",
+    [
+        pytest.param(
+            "overloaded_error", pb.ERROR_CLASS_SERVER_ERROR, 2, id="overloaded"
+        ),
+        pytest.param("api_error", pb.ERROR_CLASS_SERVER_ERROR, 2, id="api-error"),
+        pytest.param(
+            "rate_limit_error", pb.ERROR_CLASS_RATE_LIMITED, 1, id="rate-limit"
+        ),
+    ],
+)
+async def test_error_event_before_any_content_fails_over_invisibly(
+    route: RunningLlm,
+    primary: FakeProvider,
+    fallback: FakeProvider,
+    error_type: str,
+    error_class: int,
+    tries: int,
+) -> None:
+    # The stream began with HTTP 200; the provider's fault comes as an event.
+    primary.inject(faults.error_event(error_type, after_chunks=0), times=None)
+
+    watch = Stopwatch()
+    result = await route.client.stream(allow_reset=True)
+
+    assert result.error is None
+    assert "reset" not in result.kinds()
+    assert result.events[0].start.provider_id == "fallback"
+    assert result.text() == result.all_deltas() == DEFAULT_REPLY
+    assert result.done is not None and result.done.provider_id == "fallback"
+    attempts = [(a.provider_id, a.error_class) for a in result.done.failed_attempts]
+    assert attempts == [("primary", error_class)] * tries
+    assert (primary.completions, fallback.completions) == (tries, 1)
+    assert watch.seconds < NO_WAIT
+
+
+async def test_an_error_event_quoting_the_prompt_repeats_no_prompt_text(
+    route: RunningLlm, primary: FakeProvider, fallback: FakeProvider
+) -> None:
+    prompt = "Describe how the violet heron nests beside reservoir-0815"
+    primary.inject(
+        faults.error_event("invalid_request_error", quote_prompt=True), times=None
+    )
+
+    watch = Stopwatch()
+    result = await route.client.stream(prompt)
+    health = await route.client.call(
+        "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="primary")
+    )
+
+    assert result.done is not None and result.done.provider_id == "fallback"
+    (attempt,) = result.done.failed_attempts
+    assert attempt.error_class == pb.ERROR_CLASS_BAD_REQUEST
+    for told in (attempt.message, health.providers[0].last_error):
+        assert "heron" not in told and "reservoir" not in told
+        assert "[prompt text]" in told
+    assert (primary.completions, fallback.completions) == (1, 1)
+    assert watch.seconds < NO_WAIT
 
 
 async def test_slow_first_token_fails_over_without_retrying_the_provider(
     route: RunningLlm, primary: FakeProvider, fallback: FakeProvider
 ) -> None:
+    await put(route, "primary", primary, 0, SHORT_WAIT)
     primary.inject(faults.slow_first_token(30), times=None)
 
-    result = await route.client.stream()
+    watch = Stopwatch()
+    result = await route.client.stream(timeout=60)
+    took = watch.seconds
 
     assert result.error is None
     assert result.all_deltas() == DEFAULT_REPLY
@@ -97,6 +185,8 @@ async def test_slow_first_token_fails_over_without_retrying_the_provider(
     assert attempts[0].message == "the provider did not answer in time"
     assert attempts[0].latency.ToMilliseconds() >= 900
     assert (primary.completions, fallback.completions) == (1, 1)
+    # The 1 s first-token timer, not the 30 s delay, backstop or deadline.
+    assert SHORT_WAIT <= took < 10
 
 
 @pytest.mark.parametrize(
@@ -116,6 +206,11 @@ async def test_slow_first_token_fails_over_without_retrying_the_provider(
             pb.ERROR_CLASS_MALFORMED_RESPONSE,
             id="clean-close-without-finish",
         ),
+        pytest.param(
+            faults.error_event("overloaded_error", after_chunks=3),
+            pb.ERROR_CLASS_SERVER_ERROR,
+            id="error-event",
+        ),
     ],
 )
 async def test_break_after_content_resets_and_restarts_cleanly(
@@ -125,14 +220,20 @@ async def test_break_after_content_resets_and_restarts_cleanly(
     fault: faults.Fault,
     error_class: int,
 ) -> None:
+    stalls = error_class == pb.ERROR_CLASS_STREAM_STALLED
+    if stalls:
+        await put(route, "primary", primary, 0, SHORT_WAIT)
     primary.inject(fault, times=None)
 
-    result = await route.client.stream(allow_reset=True)
+    watch = Stopwatch()
+    result = await route.client.stream(allow_reset=True, timeout=60)
+    took = watch.seconds
 
     assert result.error is None
     kinds = result.kinds()
-    # A cut connection is retried once in place; each broken attempt is one reset.
-    retried = error_class == pb.ERROR_CLASS_CONNECTION
+    # A cut connection or a server error is retried once in place; each broken
+    # attempt is one reset.
+    retried = error_class in (pb.ERROR_CLASS_CONNECTION, pb.ERROR_CLASS_SERVER_ERROR)
     assert primary.completions == (2 if retried else 1)
     assert kinds.count("reset") == primary.completions
     reset = next(e.reset for e in result.events if e.HasField("reset"))
@@ -156,6 +257,12 @@ async def test_break_after_content_resets_and_restarts_cleanly(
         {"role": "user", "content": "hello"}
     ]
     assert fallback.completions == 1
+    if stalls:
+        # The 1 s idle timer ended it, not the 30 s request timeout (the
+        # SDK's HTTP backstop) nor the caller's 60 s.
+        assert SHORT_WAIT <= took < 10
+    else:
+        assert took < NO_WAIT
 
 
 @pytest.mark.parametrize(
@@ -164,6 +271,9 @@ async def test_break_after_content_resets_and_restarts_cleanly(
         pytest.param(faults.cut_mid_stream(3), id="cut"),
         pytest.param(faults.stall_mid_stream(3), id="stall"),
         pytest.param(faults.invalid_json_mid_stream(3), id="invalid-json"),
+        pytest.param(
+            faults.error_event("overloaded_error", after_chunks=3), id="error-event"
+        ),
     ],
 )
 async def test_break_after_content_without_reset_ends_with_a_clear_error(
@@ -172,9 +282,14 @@ async def test_break_after_content_without_reset_ends_with_a_clear_error(
     fallback: FakeProvider,
     fault: faults.Fault,
 ) -> None:
+    stalls = fault.kind == "stall"
+    if stalls:
+        await put(route, "primary", primary, 0, SHORT_WAIT)
     primary.inject(fault, times=None)
 
-    result = await route.client.stream(allow_reset=False)
+    watch = Stopwatch()
+    result = await route.client.stream(allow_reset=False, timeout=60)
+    took = watch.seconds
 
     assert result.error is not None
     assert result.error.code() == grpc.StatusCode.UNAVAILABLE
@@ -182,6 +297,7 @@ async def test_break_after_content_without_reset_ends_with_a_clear_error(
     assert result.done is None  # never a success with a truncated answer
     assert result.all_deltas() == "The quick brown "
     assert (primary.completions, fallback.completions) == (1, 0)
+    assert (SHORT_WAIT <= took < 10) if stalls else (took < NO_WAIT)
 
 
 @pytest.mark.parametrize("hold_open", [False, True], ids=["closed", "held-open"])
@@ -190,6 +306,7 @@ async def test_missing_end_sentinel_after_the_finish_is_a_complete_answer(
 ) -> None:
     primary.inject(faults.no_done(hold_open=hold_open), times=None)
 
+    watch = Stopwatch()
     result = await route.client.stream(timeout=10)
 
     assert result.error is None
@@ -197,21 +314,26 @@ async def test_missing_end_sentinel_after_the_finish_is_a_complete_answer(
     assert result.done is not None and result.done.provider_id == "primary"
     assert not result.done.failed_attempts
     assert (primary.completions, fallback.completions) == (1, 0)
+    # Held open, the end is waited for briefly (1 s), never the 4 s idle timer.
+    assert watch.seconds < LONG_WAIT
 
 
 async def test_fallback_rejecting_prefill_still_serves_a_caller_prefill_elsewhere(
     llm: RunningLlm, fallback: FakeProvider
 ) -> None:
     async with FakeProvider("openai", model="accepts-prefill") as accepting:
-        await llm.client.put("strict", fallback, priority=0)
-        await llm.client.put("accepting", accepting, priority=1)
+        await put(llm, "strict", fallback, 0, LONG_WAIT)
+        await put(llm, "accepting", accepting, 1, LONG_WAIT)
         messages = [
             user("finish my sentence"),
             pb.Message(role=pb.ROLE_ASSISTANT, content="The"),
         ]
 
+        watch = Stopwatch()
         result = await llm.client.stream(messages=messages)
+        took = watch.seconds
 
+    assert took < NO_WAIT
     assert result.error is None
     assert result.done is not None and result.done.provider_id == "accepting"
     attempts = result.done.failed_attempts
@@ -225,10 +347,13 @@ async def test_fallback_rejecting_prefill_still_serves_a_caller_prefill_elsewher
 async def test_stream_that_fails_everywhere_is_a_clean_error(
     route: RunningLlm, primary: FakeProvider, fallback: FakeProvider
 ) -> None:
+    await put(route, "fallback", fallback, 1, SHORT_WAIT)
     primary.inject(faults.server_error(500), times=None)
     fallback.inject(faults.no_answer(), times=None)
 
-    result = await route.client.stream(allow_reset=True)
+    watch = Stopwatch()
+    result = await route.client.stream(allow_reset=True, timeout=60)
+    took = watch.seconds
 
     assert result.error is not None
     assert result.error.code() == grpc.StatusCode.UNAVAILABLE
@@ -236,3 +361,6 @@ async def test_stream_that_fails_everywhere_is_a_clean_error(
     assert error_info(result.error).metadata["attempts"] == (
         "primary:SERVER_ERROR,primary:SERVER_ERROR,fallback:TIMEOUT"
     )
+    assert (primary.completions, fallback.completions) == (2, 1)
+    # One 1 s first-token wait on the silent fallback, never the caller's 60 s.
+    assert SHORT_WAIT <= took < 10

@@ -12,6 +12,7 @@ from services.llm.store import ROWS_PER_STATEMENT, AttemptRecord, open_store
 from services.llm.usage import summarize
 from tests.harness import fake_providers as faults
 from tests.harness.fake_providers import FakeProvider
+from tests.harness.grpc_errors import bad_request
 from tests.harness.tokens import LocalIssuer
 from tests.llm.harness import RunningLlm, start_llm
 
@@ -56,6 +57,11 @@ async def test_usage_counts_requests_failures_tokens_and_cost(
     assert (route.input_tokens, route.output_tokens) == (4, 18)
     assert route.cost_usd == pytest.approx(33.0)
     assert route.latency_p50.ToNanoseconds() > 0
+    # Per route too, by class: the failovers the callers never saw included.
+    assert {f.error_class: f.count for f in route.attempt_failures} == {
+        pb.ERROR_CLASS_SERVER_ERROR: 2,
+        pb.ERROR_CLASS_CONTENT_POLICY: 2,
+    }
     by_id = {p.provider_id: p for p in usage.providers}
     primary, fallback = by_id["primary"], by_id["fallback"]
     assert (primary.attempts, primary.successes) == (4, 1)
@@ -91,6 +97,39 @@ async def test_usage_filters_by_provider_and_time_window(
     assert not future.providers and not future.routes
 
 
+async def test_route_failures_by_class_follow_the_filters(
+    llm_db: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    client = llm_db.client
+    await client.put("primary", openai_primary, priority=0)
+    await client.put("fallback", openai_fallback, priority=1)
+    await client.put("other", openai_fallback, route="embed")
+    openai_primary.inject(faults.rate_limited(), times=1)
+    openai_fallback.inject(faults.server_error(502), times=1)
+    await client.complete()  # primary 429, fallback 502 then serves
+    openai_fallback.inject(faults.server_error(500), times=1)
+    await client.complete(route="embed")  # other 500 then serves
+
+    everything = await client.call("GetUsage", pb.GetUsageRequest())
+    fallback_only = await client.call(
+        "GetUsage", pb.GetUsageRequest(provider_id="fallback")
+    )
+
+    by_route = {
+        r.route: {f.error_class: f.count for f in r.attempt_failures}
+        for r in everything.routes
+    }
+    assert by_route == {
+        "chat": {pb.ERROR_CLASS_RATE_LIMITED: 1, pb.ERROR_CLASS_SERVER_ERROR: 1},
+        "embed": {pb.ERROR_CLASS_SERVER_ERROR: 1},
+    }
+    (chat,) = fallback_only.routes
+    assert chat.route == "chat" and chat.requests == 1
+    assert {f.error_class: f.count for f in chat.attempt_failures} == {
+        pb.ERROR_CLASS_SERVER_ERROR: 1
+    }
+
+
 async def test_usage_window_must_not_end_before_it_starts(llm: RunningLlm) -> None:
     request = pb.GetUsageRequest()
     request.start_time.FromSeconds(2000)
@@ -98,6 +137,30 @@ async def test_usage_window_must_not_end_before_it_starts(llm: RunningLlm) -> No
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await llm.client.call("GetUsage", request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "field, seconds, nanos",
+    [
+        pytest.param("start_time", 10**15, 0, id="start-after-year-9999"),
+        pytest.param("start_time", 1000, -1, id="start-negative-nanos"),
+        pytest.param("end_time", -(10**12), 0, id="end-before-year-1"),
+        pytest.param("end_time", 1000, 10**9, id="end-nanos-overflow"),
+    ],
+)
+async def test_usage_window_out_of_the_timestamp_range_names_the_field(
+    llm: RunningLlm, field: str, seconds: int, nanos: int
+) -> None:
+    request = pb.GetUsageRequest()
+    getattr(request, field).seconds = seconds
+    getattr(request, field).nanos = nanos
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await llm.client.call("GetUsage", request)
+
+    # Not INTERNAL from the timestamp conversion.
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request(caught.value).field_violations[0].field == field
 
 
 async def test_health_reports_error_rate_latency_and_last_error(
