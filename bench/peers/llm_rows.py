@@ -7,13 +7,15 @@ where it installed) in a process of `bench/.venv-peers`, by
 `bench/peers/litellm_peer.py`. Each "added" figure is taken against the direct
 baseline of its own process, one call at a time and with calls in flight.
 
-Our added latency comes from paired calls: each caller makes a direct call and
-one through the service back to back, and the figures are percentiles of the
-per-pair differences, so both calls of a pair saw the same moment's load.
-LiteLLM's figures arrive as two separate distributions (`litellm_peer.py`
-does not pair them), so theirs is a difference of percentiles, marked
-unpaired; a difference below zero there is noise, printed as such rather than
-as a negative latency.
+One call at a time, our added latency comes from paired calls: a direct call
+and one through the service back to back, the figures being percentiles of
+the per-pair differences, so both calls of a pair saw the same moment's load.
+With calls in flight, pairing would compare a direct call with a service
+call queued behind other callers' service calls, which is not what LiteLLM's
+side measures; there both sides are measured alike, in alternating slices,
+and the added figure is a difference of percentiles, marked unpaired.
+LiteLLM's figures are always unpaired (`litellm_peer.py` does not pair them).
+A difference below zero is noise, printed as such, never as a latency.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from bench.llm_calls import (
     running_llm,
     service_calls,
 )
-from bench.loadgen import Call, Result, summarize
+from bench.loadgen import Call, Result, alternate, summarize
 from bench.peers.env import PeerEnv
 from bench.peers.litellm_proxy import running_proxy
 from bench.peers.rows import unavailable
@@ -103,10 +105,11 @@ def _rows(
 ) -> None:
     figure = ours[key]
     report.row(f"llm direct SDK, {label}", figure.direct)
+    pairs = f", {figure.pairs} pairs" if figure.added.paired else ""
     report.line(
         f"llm service added, {label}",
         f"{_added_text(figure.added)} over direct SDK"
-        f" (p50 {figure.direct.p50_ms:.3f} ms), {figure.pairs} pairs",
+        f" (p50 {figure.direct.p50_ms:.3f} ms){pairs}",
     )
     for side, peer in (("router", "LiteLLM Router"), ("proxy", "LiteLLM proxy")):
         pair = None if theirs is None else theirs.get(f"{side}_{key}")
@@ -205,6 +208,15 @@ async def _pairs(
     return pairs, errors
 
 
+async def _alternated(direct: Call, through: Call, concurrency: int) -> Paired:
+    """Both sides in alternating slices, as LiteLLM's side is measured."""
+    results = await alternate(
+        {"direct": direct, "through": through}, concurrency=concurrency
+    )
+    pair = (results["direct"], results["through"])
+    return Paired(pair[0], pair[1], Added.unpaired(pair), pairs=0)
+
+
 def _percentile_ms(ordered: list[float], fraction: float) -> float:
     if not ordered:
         return float("nan")
@@ -221,9 +233,15 @@ async def _ours(base_url: str) -> Ours:
             # The same order as litellm_peer.py uses on its side.
             for mode, in_flight in (("serial", 1), ("loaded", CONCURRENCY)):
                 for index, kind in enumerate(KINDS):
-                    figures[f"{kind}_{mode}"] = await paired(
-                        baseline[index], through[index], concurrency=in_flight
-                    )
+                    if in_flight == 1:
+                        figure = await paired(
+                            baseline[index], through[index], concurrency=1
+                        )
+                    else:
+                        figure = await _alternated(
+                            baseline[index], through[index], in_flight
+                        )
+                    figures[f"{kind}_{mode}"] = figure
     await direct.close()
     return figures
 
