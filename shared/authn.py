@@ -192,7 +192,7 @@ class JwksTokenVerifier:
     async def start(self) -> None:
         """Begin polling auth's revocations (a no-op without a list)."""
         if self._revocations is not None:
-            self._revocations.start()
+            await self._revocations.start()
 
     async def close(self) -> None:
         if self._revocations is not None:

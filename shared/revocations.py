@@ -100,19 +100,34 @@ class RevocationList:
         return token_id in self._revoked
 
     async def refresh(self) -> None:
-        """Fetch the list now; raises when auth cannot be reached."""
+        """Fetch the list now; raises when auth cannot be reached.
+
+        What is fetched is added to what is known, never put in its place:
+        a revocation is never undone, and the replica of auth that answers
+        this poll may not yet have synced one that another replica made.
+        Ids leave only once their tokens have expired.
+        """
         self.fetch_count += 1
         document = await self._fetch()
         now = self._clock() - self._leeway
-        if document is None:  # unchanged; only drop what has expired since
-            self._revoked = {t: e for t, e in self._revoked.items() if e > now}
-            return
-        self._revoked = _parse(document, now)
+        known = {t: e for t, e in self._revoked.items() if e > now}
+        if document is not None:  # None: unchanged since the last fetch
+            known.update(_parse(document, now))
+        self._revoked = known
 
-    def start(self) -> None:
-        """Poll in the background until `close`."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="revocation-poll")
+    async def start(self, first_fetch_timeout: float = 3.0) -> None:
+        """Fetch once (bounded), then poll in the background until `close`.
+
+        The first fetch comes before the caller serves anything, so a replica
+        that starts while tokens are revoked refuses them from its first call.
+        """
+        if self._task is not None:
+            return
+        try:
+            await asyncio.wait_for(self._poll_once(), first_fetch_timeout)
+        except TimeoutError:
+            self._report_failure(TimeoutError())
+        self._task = asyncio.create_task(self._run(), name="revocation-poll")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -122,21 +137,27 @@ class RevocationList:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except Exception as error:  # noqa: BLE001 - any failure degrades alike
-                if not self._failing:
-                    logger.warning(
-                        "cannot fetch the revoked tokens, keeping the %s known: %s",
-                        len(self._revoked),
-                        type(error).__name__,
-                    )
-                self._failing = True
-            else:
-                if self._failing:
-                    logger.info("fetching the revoked tokens works again")
-                self._failing = False
             await asyncio.sleep(self._poll)
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as error:  # noqa: BLE001 - any failure degrades alike
+            self._report_failure(error)
+        else:
+            if self._failing:
+                logger.info("fetching the revoked tokens works again")
+            self._failing = False
+
+    def _report_failure(self, error: BaseException) -> None:
+        if not self._failing:
+            logger.warning(
+                "cannot fetch the revoked tokens, keeping the %s known: %s",
+                len(self._revoked),
+                type(error).__name__,
+            )
+        self._failing = True
 
 
 def _parse(document: Mapping[str, Any], now: float) -> dict[str, float]:

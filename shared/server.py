@@ -146,13 +146,19 @@ async def start_server(
         [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    await server.start()
+    if isinstance(verifier, JwksTokenVerifier):
+        # Before serving: the first list of revoked tokens is fetched now.
+        await verifier.start()
+    try:
+        await server.start()
+    except BaseException:
+        if isinstance(verifier, JwksTokenVerifier):
+            await verifier.close()
+        raise
     for name in ["", *service.service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     http_runner, http_port = await _start_http(service, settings)
-    if isinstance(verifier, JwksTokenVerifier):
-        await verifier.start()
     return RunningServer(
         service,
         server,

@@ -178,6 +178,16 @@ async def test_revocation_reaches_other_services_verifiers(
             assert error_info(refused).reason == "REVOKED"
             assert await echo_as(kept.access_token) == "alice"
 
+    # A replica starting later refuses the token from its very first call.
+    late_verifier = default_verifier(settings)
+    async with serve(echo_service(), settings, late_verifier) as late:
+        async with late.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await echo_grpc.EchoServiceStub(channel).Echo(
+                    echo_pb.EchoRequest(message="hi"), metadata=(bearer(token),)
+                )
+            assert error_info(raised.value).reason == "REVOKED"
+
 
 async def test_revocations_document_holds_ids_only_and_revalidates(
     auth: AuthUnderTest,

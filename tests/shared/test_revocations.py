@@ -62,25 +62,63 @@ async def test_ids_are_kept_for_the_leeway_past_expiry() -> None:
     assert not revocations.is_revoked("t1")
 
 
-async def test_a_new_document_replaces_the_old_one() -> None:
+async def test_a_document_adds_to_what_is_known() -> None:
+    # Each poll may reach another replica of auth, one that has not yet
+    # synced a revocation made on another: what it omits is not undone.
     auth, clock = FakeAuth(), Clock()
     revocations = RevocationList(auth, poll_seconds=60, clock=clock)
     auth.document = {"revoked": [{"jti": "t1", "exp": clock.now + 60}]}
     await revocations.refresh()
     auth.document = {
-        "revoked": [{"jti": "t2", "exp": clock.now + 60}, {"jti": 7}, "junk"]
+        "revoked": [{"jti": "t2", "exp": clock.now + 30}, {"jti": 7}, "junk"]
     }
     await revocations.refresh()
-    assert not revocations.is_revoked("t1")
+    assert revocations.is_revoked("t1")
     assert revocations.is_revoked("t2")
-    assert len(revocations) == 1
+    assert len(revocations) == 2
+
+    clock.now += 45  # t2 has expired, t1 not yet
+    await revocations.refresh()
+    assert revocations.is_revoked("t1")
+    assert not revocations.is_revoked("t2")
+
+
+async def test_start_fetches_before_it_returns() -> None:
+    auth, clock = FakeAuth(), Clock()
+    auth.document = {"revoked": [{"jti": "t1", "exp": clock.now + 60}]}
+    revocations = RevocationList(auth, poll_seconds=3600, clock=clock)
+    await revocations.start()
+    try:
+        assert revocations.is_revoked("t1")
+        assert auth.calls == 1
+    finally:
+        await revocations.close()
+
+
+async def test_start_does_not_wait_on_a_silent_auth() -> None:
+    class SilentAuth(FakeAuth):
+        async def __call__(self) -> Mapping[str, Any] | None:
+            self.calls += 1
+            if self.calls == 1:
+                await asyncio.Event().wait()  # never answers
+            return await super().__call__()
+
+    auth, clock = SilentAuth(), Clock()
+    auth.document = {"revoked": [{"jti": "t1", "exp": clock.now + 60}]}
+    revocations = RevocationList(auth, poll_seconds=0.01, clock=clock)
+    await revocations.start(first_fetch_timeout=0.05)
+    try:
+        assert not revocations.is_revoked("t1")  # started without the list
+        await _until(lambda: revocations.is_revoked("t1"))  # and polls on
+    finally:
+        await revocations.close()
 
 
 async def test_an_outage_keeps_what_is_known_and_polling_resumes() -> None:
     auth, clock = FakeAuth(), Clock()
     auth.document = {"revoked": [{"jti": "t1", "exp": clock.now + 60}]}
     revocations = RevocationList(auth, poll_seconds=0.01, clock=clock)
-    revocations.start()
+    await revocations.start()
     try:
         await _until(lambda: revocations.is_revoked("t1"))
         auth.down = True
