@@ -182,7 +182,14 @@ class ResponseCache:
             return None
         if principal.is_anonymous:
             return _digest("token", token)
-        return _digest("subject", principal.subject)
+        # Scopes and roles too: a narrower token of the same subject, which
+        # the origin might refuse, must not be answered from a broader one's.
+        grants = (
+            " ".join(sorted(principal.scopes))
+            + "\0"
+            + " ".join(sorted(principal.roles))
+        )
+        return _digest("subject", f"{principal.subject}\0{grants}")
 
     async def _lookup(self, lookup: cache_pb.LookupRequest) -> Any:
         try:

@@ -22,7 +22,7 @@ from services.cache.routes import (
     route_to_proto,
     validate_route_id,
 )
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import EmpireError, InvalidArgument, NotFound
 from shared.pagination import page_size
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,17 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
                 f"route {route_id!r} is not configured", reason="ROUTE_NOT_FOUND"
             )
         await self._engine.publish_config_change(route_id)
+        # Once more, now that no replica stores under the route any longer:
+        # what was stored between the first purge and the delete goes too,
+        # so a route created again with this id starts empty.
+        try:
+            count += await self._engine.invalidate(Selector(KIND_ROUTE, route_id, ""))
+        except EmpireError as error:
+            logger.warning(
+                "route %s deleted; its last purge failed (%s): purge it again",
+                route_id,
+                error.reason,
+            )
         logger.info("route %s deleted; %s entries invalidated", route_id, count)
         return pb.DeleteRouteConfigResponse(invalidated_count=count)
 

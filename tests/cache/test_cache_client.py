@@ -252,6 +252,24 @@ async def test_with_a_verifier_entries_follow_the_subject_not_the_token(
     assert origin.calls == 3
 
 
+async def test_a_narrower_token_of_the_same_subject_is_not_served_a_broader_ones(
+    sqlite_cache_url, issuer
+):
+    broad = issuer.token(["admin:all"], subject="alice")
+    narrow = issuer.token(["health:read"], subject="alice")
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target, verifier=issuer.verifier()) as stub,
+    ):
+        await put_route(cache, route_id="health_checks")
+        origin.status_for = {narrow: NOT_SERVING}  # the origin tells them apart
+        seen = await statuses(stub, [broad, narrow, narrow])
+
+    assert seen == [SERVING, NOT_SERVING, NOT_SERVING]
+    assert origin.calls == 2
+
+
 async def test_a_shared_method_answers_every_caller_from_one_entry(
     sqlite_cache_url, issuer
 ):

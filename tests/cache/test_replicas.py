@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from empire.cache.v1 import cache_service_pb2 as pb
+from services.cache.route_registry import RouteRegistry
 from shared.clients import ServiceClient
 from tests.cache.conftest import cache_settings, put_route, running_cache
 from tests.harness.grpc_errors import error_info
@@ -448,3 +449,27 @@ async def test_route_deleted_on_one_replica_is_refused_by_the_other(
 
     assert deleted.invalidated_count == 1
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_route_deleted_while_another_replica_stores_comes_back_empty(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, monkeypatch
+):
+    """What a replica stores between the delete's purge and the delete itself
+    is purged too, so the route id created again starts empty."""
+    async with replicas(2, sqlite_cache_url, redis_url, redis_prefix, issuer) as (a, b):
+        await put_route(a)
+        await b.Lookup(lookup("/api/offers/1"))  # b knows the route
+        delete = RouteRegistry.delete
+
+        async def delete_after_a_late_store(registry, route_id):  # type: ignore[no-untyped-def]
+            await b.Store(store("/api/offers/1", b"late"))
+            return await delete(registry, route_id)
+
+        monkeypatch.setattr(RouteRegistry, "delete", delete_after_a_late_store)
+        await a.DeleteRouteConfig(pb.DeleteRouteConfigRequest(route_id="api_offers"))
+        monkeypatch.setattr(RouteRegistry, "delete", delete)
+
+        await put_route(a)
+        answer = await a.Lookup(lookup("/api/offers/1"))
+
+    assert answer.result == MISS
