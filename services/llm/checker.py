@@ -73,7 +73,8 @@ class HealthChecker:
     async def check(self, provider: ProviderConfig) -> bool | None:
         """Check one provider; None when its circuit allowed no check now."""
         record = self._health.get(provider.provider_id)
-        if not record.breaker.try_acquire():
+        admission = record.breaker.try_acquire()
+        if admission is None:
             return None
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -84,18 +85,19 @@ class HealthChecker:
         except Exception as error:
             failure = _failure_of(error)
             if failure is None:
-                record.breaker.release()
+                record.breaker.release(admission)
                 logger.exception(
                     "health check of %s failed oddly", provider.provider_id
                 )
                 return False
-            self._health.record_failure(provider.provider_id, failure)
+            self._health.record_failure(provider.provider_id, failure, admission)
             self._health.record_check(provider.provider_id, False)
             return False
         except asyncio.CancelledError:
-            record.breaker.release()
+            record.breaker.release(admission)
             raise
-        self._health.record_success(provider.provider_id, loop.time() - started)
+        latency = loop.time() - started
+        self._health.record_success(provider.provider_id, latency, admission)
         self._health.record_check(provider.provider_id, True)
         return True
 

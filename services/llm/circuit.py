@@ -3,6 +3,10 @@
 It opens after a run of consecutive failures or when the failed share of the
 recent window crosses a threshold, lets one probe through once its cool-down
 ends, and closes on the probe's success or reopens with a doubled cool-down.
+Each admitted attempt holds an `Admission` and hands it back with its outcome:
+only the probe's own outcome frees its slot or decides the half-open circuit,
+so an attempt sent before the circuit opened, ending while the probe runs,
+neither lets a second probe out nor closes the circuit on stale evidence.
 It works the same for a route with a single provider: nothing here looks at
 the provider's siblings.
 """
@@ -28,6 +32,19 @@ class CircuitState(enum.Enum):
     HALF_OPEN = "HALF_OPEN"
 
 
+class Admission:
+    """Leave for one attempt to go to the provider; `probe` says whether it
+    holds the half-open circuit's probe slot."""
+
+    __slots__ = ("probe",)
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
+
+
+_ADMITTED = Admission(probe=False)
+
+
 class CircuitBreaker:
     """The circuit of one provider; time comes from `clock` (monotonic seconds)."""
 
@@ -44,46 +61,49 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.open_until = 0.0
         self._cooldown = policy.breaker_cooldown_seconds
-        self._probe_in_flight = False
+        self._probe: Admission | None = None
         self._window: deque[tuple[float, bool]] = deque(maxlen=_WINDOW_LIMIT)
 
-    def try_acquire(self) -> bool:
-        """Whether a request may go to the provider now; claims the probe slot
-        when the circuit is half-open."""
+    def try_acquire(self) -> Admission | None:
+        """Leave for a request to go to the provider now, or None; when the
+        circuit is half-open, the leave is its one probe slot."""
         if self.state is CircuitState.CLOSED:
-            return True
+            return _ADMITTED
         if self.state is CircuitState.OPEN:
             if self._clock() < self.open_until:
-                return False
+                return None
             self.state = CircuitState.HALF_OPEN
-            self._probe_in_flight = False
-        if self._probe_in_flight:
-            return False
-        self._probe_in_flight = True
-        return True
+            self._probe = None
+        if self._probe is not None:
+            return None
+        self._probe = Admission(probe=True)
+        return self._probe
 
-    def release(self) -> None:
-        """The acquired attempt ended without a verdict on the provider."""
-        self._probe_in_flight = False
+    def release(self, admission: Admission) -> None:
+        """The admitted attempt ended without a verdict on the provider."""
+        if self._holds_probe(admission):
+            self._probe = None
 
-    def record_success(self) -> None:
+    def record_success(self, admission: Admission) -> None:
+        """The admitted attempt proved the provider answers; only the probe's
+        own success closes a half-open circuit."""
         self._remember(True)
         self.consecutive_failures = 0
-        if self.state is CircuitState.HALF_OPEN:
+        if self.state is CircuitState.HALF_OPEN and self._holds_probe(admission):
             self.state = CircuitState.CLOSED
             self._cooldown = self._policy.breaker_cooldown_seconds
-            self._probe_in_flight = False
+            self._probe = None
             logger.info("circuit of provider %s closed again", self.name)
 
-    def record_failure(self, *, trip: bool = False) -> None:
-        """A failure that says the provider is unwell; `trip` opens at once."""
+    def record_failure(self, admission: Admission, *, trip: bool = False) -> None:
+        """A failure that says the provider is unwell; `trip` opens at once.
+        While half-open, an attempt other than the probe is only counted: it
+        was sent before the circuit last opened, so it tells nothing new."""
         self._remember(False)
         self.consecutive_failures += 1
         if self.state is CircuitState.HALF_OPEN:
-            self._cooldown = min(
-                self._cooldown * 2, self._policy.breaker_cooldown_max_seconds
-            )
-            self._open("its probe failed")
+            if self._holds_probe(admission):
+                self._reopen()
         elif self.state is CircuitState.CLOSED:
             if trip:
                 self._open("of a failure that trips it at once")
@@ -97,7 +117,7 @@ class CircuitBreaker:
         """When an open circuit lets its next probe through (monotonic)."""
         if self.state is CircuitState.OPEN:
             return self.open_until
-        if self.state is CircuitState.HALF_OPEN and not self._probe_in_flight:
+        if self.state is CircuitState.HALF_OPEN and self._probe is None:
             return self._clock()
         return None
 
@@ -107,9 +127,20 @@ class CircuitBreaker:
         failures = sum(1 for _, ok in self._window if not ok)
         return len(self._window), failures
 
+    def _holds_probe(self, admission: Admission) -> bool:
+        # Identity, not the flag: a probe of an earlier half-open spell (the
+        # circuit reopened meanwhile) holds nothing any more.
+        return admission is self._probe
+
+    def _reopen(self) -> None:
+        self._cooldown = min(
+            self._cooldown * 2, self._policy.breaker_cooldown_max_seconds
+        )
+        self._open("its probe failed")
+
     def _open(self, why: str) -> None:
         self.state = CircuitState.OPEN
-        self._probe_in_flight = False
+        self._probe = None
         self.open_until = self._clock() + self._cooldown
         logger.warning(
             "circuit of provider %s opened because %s; next probe in %.1fs",

@@ -67,7 +67,9 @@ _HTTP_CLIENT_MODULES = ("httpx2.", "httpcore2.", "anyio.", "h11.", "h2.")
 
 # The status each error type of an error event stands for: Anthropic's types
 # (an `event: error` inside a stream that began with HTTP 200), and OpenAI's
-# `server_error`. An unknown type is taken for a server error.
+# `server_error`. An unknown type (vLLM's `BadRequestError`, none at all) is
+# read from the event's numeric `code`, else from a message naming the context
+# window or the content policy, and only then taken for a server error.
 _ERROR_TYPE_STATUS = {
     "invalid_request_error": 400,
     "authentication_error": 401,
@@ -146,7 +148,7 @@ def classify_status(
         effective, answered = status, f"answered HTTP {status}"
     else:
         error_type = str(body.get("type") or "")
-        effective = _ERROR_TYPE_STATUS.get(error_type, 500)
+        effective = _event_status(error_type, body)
         named = error_type if error_type in _ERROR_TYPE_STATUS else "unknown type"
         answered = f"sent an error event ({named})"
     reason = _reason_of(body)
@@ -189,6 +191,27 @@ def classify_status(
         http_status=status,
         provider_text=bool(shortened),
     )
+
+
+def _event_status(error_type: str, body: dict[str, Any]) -> int:
+    """The HTTP status an error event inside a stream stands for."""
+    known = _ERROR_TYPE_STATUS.get(error_type)
+    if known is not None:
+        return known
+    code = body.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    # Without a status to go by, a refusal of the request's own making must
+    # still be told from an outage: retried in place, it would fail again.
+    named = str(code or "")
+    reason = _reason_of(body)
+    if named in _CONTEXT_CODES | _POLICY_CODES:
+        return 400
+    if _CONTEXT_PATTERNS.search(reason) or _POLICY_PATTERNS.search(reason):
+        return 400
+    return 500
 
 
 def retry_after_seconds(response: httpx2.Response | None) -> float | None:

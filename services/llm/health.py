@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.llm.circuit import CircuitBreaker, CircuitState
+from services.llm.circuit import Admission, CircuitBreaker, CircuitState
 from services.llm.models import ErrorClass, ProviderFailure
 from services.llm.settings import RouterPolicy
 
@@ -63,28 +63,35 @@ class HealthBoard:
     def forget(self, provider_id: str) -> None:
         self._records.pop(provider_id, None)
 
-    def record_success(self, provider_id: str, latency: float) -> None:
+    def record_success(
+        self, provider_id: str, latency: float, admission: Admission
+    ) -> None:
+        """An attempt admitted by the provider's circuit answered well."""
         record = self.get(provider_id)
         record.latencies.append(latency)
         record.last_success = self._clock()
-        record.breaker.record_success()
+        record.breaker.record_success(admission)
 
-    def record_failure(self, provider_id: str, failure: ProviderFailure) -> None:
+    def record_failure(
+        self, provider_id: str, failure: ProviderFailure, admission: Admission
+    ) -> None:
         """Count a failure against the provider; a refusal of the request's own
         making (an HTTP 4xx answer) proves the provider answers and counts as
         a success; anything else gives no verdict and only frees the circuit's
-        probe slot, so it can never close a half-open circuit."""
+        probe slot, so it can never close a half-open circuit. Only the
+        attempt holding the probe slot (`admission`) decides a half-open
+        circuit."""
         record = self.get(provider_id)
         record.last_error_class = failure.error_class
         record.last_error = failure.message
         record.last_error_time = time.time()
         if failure.error_class.counts_against_provider:
             trip = failure.error_class is ErrorClass.AUTHENTICATION
-            record.breaker.record_failure(trip=trip)
+            record.breaker.record_failure(admission, trip=trip)
         elif failure.refusal:
-            record.breaker.record_success()
+            record.breaker.record_success(admission)
         else:
-            record.breaker.release()
+            record.breaker.release(admission)
 
     def record_check(self, provider_id: str, ok: bool) -> None:
         record = self.get(provider_id)

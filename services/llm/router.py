@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from services.llm.circuit import Admission
 from services.llm.failures import classify
 from services.llm.health import HealthBoard
 from services.llm.models import (
@@ -187,7 +188,7 @@ class ProviderRouter:
         """One complete answer, or the error that ends the request."""
         loop = asyncio.get_running_loop()
         while True:
-            provider = await self._next_provider(run)
+            provider, admission = await self._next_provider(run)
             started = loop.time()
             timer = asyncio.timeout_at(
                 min(started + provider.request_timeout_seconds, run.deadline)
@@ -198,12 +199,12 @@ class ProviderRouter:
                     completion = await client.complete(run.request)
             except Exception as error:
                 failure = self._failure_of(error, timer, run, ErrorClass.TIMEOUT)
-                self._settle_failure(run, provider, failure, started)
+                self._settle_failure(run, provider, admission, failure, started)
                 continue
             except asyncio.CancelledError:
-                self.health.get(provider.provider_id).breaker.release()
+                self.health.get(provider.provider_id).breaker.release(admission)
                 raise
-            return self._settle_success(run, provider, completion, started)
+            return self._settle_success(run, provider, admission, completion, started)
 
     async def stream(
         self, run: RequestRun, *, allow_reset: bool
@@ -212,7 +213,7 @@ class ProviderRouter:
         invisibly; one after is a `Reset` (when allowed) or an error."""
         loop = asyncio.get_running_loop()
         while True:
-            provider = await self._next_provider(run)
+            provider, admission = await self._next_provider(run)
             started = loop.time()
             sent = False
             end: StreamEnd | None = None
@@ -246,7 +247,9 @@ class ProviderRouter:
             except Exception as error:
                 silent = ErrorClass.STREAM_STALLED if texts else ErrorClass.TIMEOUT
                 failure = self._failure_of(error, timer, run, silent)
-                attempt = self._settle_failure(run, provider, failure, started)
+                attempt = self._settle_failure(
+                    run, provider, admission, failure, started
+                )
                 if sent and not allow_reset:
                     raise Unavailable(
                         f"provider {provider.provider_id} failed after part of the"
@@ -258,7 +261,7 @@ class ProviderRouter:
                     yield Reset(attempt)
                 continue
             except (asyncio.CancelledError, GeneratorExit):
-                self.health.get(provider.provider_id).breaker.release()
+                self.health.get(provider.provider_id).breaker.release(admission)
                 raise
             if end is None:
                 # The adapter always ends with StreamEnd or raises; be safe.
@@ -268,14 +271,17 @@ class ProviderRouter:
             )
             if not sent:
                 yield Start(provider)
-            yield Done(self._settle_success(run, provider, completion, started))
+            yield Done(
+                self._settle_success(run, provider, admission, completion, started)
+            )
             return
 
     # -- choosing ------------------------------------------------------------------
 
-    async def _next_provider(self, run: RequestRun) -> ProviderConfig:
-        """The next provider to try, waiting for a backoff, a `Retry-After` or a
-        circuit's probe when that fits the deadline; raises when none is left."""
+    async def _next_provider(self, run: RequestRun) -> tuple[ProviderConfig, Admission]:
+        """The next provider to try, with its circuit's leave for the attempt,
+        waiting for a backoff, a `Retry-After` or a circuit's probe when that
+        fits the deadline; raises when none is left."""
         loop = asyncio.get_running_loop()
         while True:
             if run.attempts >= self.policy.max_attempts:
@@ -294,13 +300,14 @@ class ProviderRouter:
                         break  # retry in place: wait for it, do not skip ahead
                     continue
                 breaker = self.health.get(provider.provider_id).breaker
-                if breaker.try_acquire():
+                admission = breaker.try_acquire()
+                if admission is not None:
                     run.attempts += 1
                     run.tries[provider.provider_id] = (
                         run.tries.get(provider.provider_id, 0) + 1
                     )
                     run.preferred = None
-                    return provider
+                    return provider, admission
                 probe = breaker.next_probe_time
                 wake = min(
                     wake, probe if probe is not None else now + PROBE_POLL_SECONDS
@@ -343,6 +350,7 @@ class ProviderRouter:
         self,
         run: RequestRun,
         provider: ProviderConfig,
+        admission: Admission,
         failure: ProviderFailure,
         started: float,
     ) -> FailedAttempt:
@@ -359,7 +367,7 @@ class ProviderRouter:
         )
         run.failed.append(attempt)
         run.last_failure = failure
-        self.health.record_failure(provider.provider_id, failure)
+        self.health.record_failure(provider.provider_id, failure, admission)
         self._record_attempt(run, provider, latency, failure=failure)
         logger.info(
             "attempt on provider %s failed: %s",
@@ -419,12 +427,13 @@ class ProviderRouter:
         self,
         run: RequestRun,
         provider: ProviderConfig,
+        admission: Admission,
         completion: Completion,
         started: float,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
         latency = loop.time() - started
-        self.health.record_success(provider.provider_id, latency)
+        self.health.record_success(provider.provider_id, latency, admission)
         self._record_attempt(run, provider, latency, completion=completion)
         return Outcome(
             request_id=run.request_id,

@@ -43,6 +43,8 @@ class Fault:
     hold_open: bool = False
     quote_prompt: bool = False
     error_type: str = ""
+    message: str = ""
+    code: int | str | None = None
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
@@ -84,18 +86,27 @@ def error_event(
     error_type: str = "overloaded_error",
     after_chunks: int = 0,
     quote_prompt: bool = False,
+    message: str = "",
+    code: int | str | None = None,
 ) -> Fault:
     """In a stream that began with HTTP 200, an error event after `after_chunks`
     pieces of text (0: before any), then the end of the stream: Anthropic's
     `event: error` with `{"type": "error", "error": {"type": ...}}`, or
-    OpenAI's `data: {"error": {...}}`. With `quote_prompt`, the error's message
-    quotes the last message. A plain request gets the type's HTTP error."""
+    OpenAI's `data: {"error": {...}}`. `message` replaces the type's usual
+    text and `code` goes in the error (as vLLM sends its status there); with
+    `quote_prompt`, the message quotes the last message. A plain request gets
+    the type's HTTP error (or the status `code` names)."""
+    status = _ERROR_EVENT_STATUS.get(error_type)
+    if status is None:
+        status = code if isinstance(code, int) else 500
     return Fault(
         "error_event",
-        status=_ERROR_EVENT_STATUS.get(error_type, 500),
+        status=status,
         after_chunks=after_chunks,
         quote_prompt=quote_prompt,
         error_type=error_type,
+        message=message,
+        code=code,
     )
 
 
@@ -340,7 +351,8 @@ class FakeProvider:
             return self._context_length_error()
         if fault.kind == "error_event":
             message = _error_event_message(fault, body or {})
-            return self._error(fault.status, fault.error_type, message)
+            code = None if fault.code is None else str(fault.code)
+            return self._error(fault.status, fault.error_type, message, code=code)
         quoted = _last_message_text(body) if fault.quote_prompt and body else ""
         return self._content_policy_error(quoted)
 
@@ -512,7 +524,7 @@ class FakeProvider:
     def _error_event(self, fault: Fault, body: dict[str, Any]) -> bytes:
         error = {"type": fault.error_type, "message": _error_event_message(fault, body)}
         if self.flavor == "openai":
-            return _sse(json.dumps({"error": {**error, "code": None}}))
+            return _sse(json.dumps({"error": {**error, "code": fault.code}}))
         return _sse(json.dumps({"type": "error", "error": error}), "error")
 
     def _event_name(self) -> str | None:
@@ -634,7 +646,7 @@ _ERROR_FAULTS = {
 
 def _error_event_message(fault: Fault, body: dict[str, Any]) -> str:
     message = {"overloaded_error": "Overloaded", "api_error": "Internal server error"}
-    text = message.get(fault.error_type, "The request failed.")
+    text = fault.message or message.get(fault.error_type, "The request failed.")
     if fault.quote_prompt:
         text += f' Offending input: "{_last_message_text(body)}".'
     return text

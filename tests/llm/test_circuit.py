@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 
 from empire.llm.v1 import llm_service_pb2 as pb
-from services.llm.circuit import CircuitBreaker, CircuitState
+from services.llm.circuit import Admission, CircuitBreaker, CircuitState
 from services.llm.health import HealthBoard
-from services.llm.models import ErrorClass, ProviderFailure
+from services.llm.models import (
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    ErrorClass,
+    Outcome,
+    ProviderConfig,
+    ProviderFailure,
+)
+from services.llm.router import ProviderRouter
+from services.llm.settings import RouterPolicy
+from shared.errors import EmpireError
 from tests.harness import fake_providers as faults
 from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
 from tests.harness.grpc_errors import error_info
@@ -33,6 +46,20 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def admitted(breaker: CircuitBreaker) -> Admission:
+    admission = breaker.try_acquire()
+    assert admission is not None
+    return admission
+
+
+def tripped(policy: RouterPolicy = FAST_POLICY) -> tuple[Clock, CircuitBreaker]:
+    """A breaker its first failure opened, and its clock."""
+    clock = Clock()
+    breaker = CircuitBreaker("p", policy, clock)
+    breaker.record_failure(admitted(breaker), trip=True)
+    return clock, breaker
 
 
 async def state_of(llm: RunningLlm, provider_id: str) -> pb.ProviderHealth:
@@ -292,11 +319,11 @@ def test_only_an_http_refusal_closes_a_half_open_circuit(
     clock = Clock()
     board = HealthBoard(FAST_POLICY, clock)
     breaker = board.get("p").breaker
-    breaker.record_failure(trip=True)
+    breaker.record_failure(admitted(breaker), trip=True)
     clock.now += FAST_POLICY.breaker_cooldown_seconds
-    assert breaker.try_acquire()  # the probe
+    probe = admitted(breaker)
 
-    board.record_failure("p", failure)
+    board.record_failure("p", failure, probe)
 
     assert breaker.state is state
     if state is CircuitState.HALF_OPEN:
@@ -307,8 +334,8 @@ def test_breaker_opens_on_failure_rate_without_a_run_of_failures() -> None:
     clock = Clock()
     breaker = CircuitBreaker("p", FAST_POLICY, clock)
     for _ in range(5):
-        breaker.record_success()
-        breaker.record_failure()
+        breaker.record_success(admitted(breaker))
+        breaker.record_failure(admitted(breaker))
         clock.now += 0.1
     assert breaker.consecutive_failures == 1
     assert breaker.state is CircuitState.OPEN
@@ -318,42 +345,232 @@ def test_breaker_rate_forgets_failures_outside_its_window() -> None:
     clock = Clock()
     breaker = CircuitBreaker("p", FAST_POLICY, clock)
     for _ in range(4):
-        breaker.record_success()
-        breaker.record_failure()
+        breaker.record_success(admitted(breaker))
+        breaker.record_failure(admitted(breaker))
     clock.now += FAST_POLICY.breaker_window_seconds + 1
-    breaker.record_success()
-    breaker.record_failure()
+    breaker.record_success(admitted(breaker))
+    breaker.record_failure(admitted(breaker))
     assert breaker.state is CircuitState.CLOSED
     assert breaker.recent() == (2, 1)
 
 
 def test_half_open_lets_one_probe_and_a_failed_probe_doubles_the_cooldown() -> None:
-    clock = Clock()
     policy = dataclasses.replace(FAST_POLICY, breaker_cooldown_seconds=1.0)
-    breaker = CircuitBreaker("p", policy, clock)
-    breaker.record_failure(trip=True)
-    assert not breaker.try_acquire()
+    clock, breaker = tripped(policy)
+    assert breaker.try_acquire() is None
 
     clock.now += 1.0
-    assert breaker.try_acquire()  # the probe
+    probe = admitted(breaker)
+    assert probe.probe
     assert breaker.state is CircuitState.HALF_OPEN
-    assert not breaker.try_acquire()  # only one at a time
-    breaker.record_failure()
+    assert breaker.try_acquire() is None  # only one at a time
+    breaker.record_failure(probe)
     assert breaker.state is CircuitState.OPEN
     assert breaker.open_until == pytest.approx(clock.now + 2.0)
 
     clock.now += 2.0
-    assert breaker.try_acquire()
-    breaker.record_success()
+    breaker.record_success(admitted(breaker))
     assert breaker.state is CircuitState.CLOSED
-    assert breaker.try_acquire() and breaker.try_acquire()
+    assert not admitted(breaker).probe and not admitted(breaker).probe
 
 
 def test_cancelled_probe_frees_the_slot_for_the_next_one() -> None:
-    clock = Clock()
-    breaker = CircuitBreaker("p", FAST_POLICY, clock)
-    breaker.record_failure(trip=True)
+    clock, breaker = tripped()
     clock.now += FAST_POLICY.breaker_cooldown_seconds
-    assert breaker.try_acquire()
-    breaker.release()
-    assert breaker.try_acquire()
+    breaker.release(admitted(breaker))
+    assert admitted(breaker).probe
+
+
+PROVIDER = ProviderConfig(
+    provider_id="p",
+    kind="openai",
+    endpoint="http://127.0.0.1:9/v1",
+    model="m",
+    route="chat",
+    request_timeout_seconds=30.0,
+)
+REQUEST = CompletionRequest(
+    route="chat", messages=(ChatMessage("user", "hi"),), max_tokens=8
+)
+
+
+class GatedProvider:
+    """Stands in for the registry, the client pool, its client and the usage
+    recorder: every completion waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.calls: list[asyncio.Future[Completion]] = []
+        self.keys = self
+
+    def route(self, route: str) -> list[ProviderConfig]:
+        return [PROVIDER]
+
+    async def client_for(self, provider: ProviderConfig) -> GatedProvider:
+        return self
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        answer = asyncio.get_running_loop().create_future()
+        self.calls.append(answer)
+        return await answer
+
+    def invalidate(self, api_key_id: str) -> None:
+        pass
+
+    def add_attempt(self, record: object) -> None:
+        pass
+
+    async def sent(self, count: int) -> None:
+        while len(self.calls) < count:
+            await asyncio.sleep(0)
+
+
+def answer(call: asyncio.Future[Completion]) -> None:
+    call.set_result(Completion("ok", "stop", 1, 1))
+
+
+def refuse(call: asyncio.Future[Completion]) -> None:
+    call.set_exception(
+        ProviderFailure(ErrorClass.BAD_REQUEST, "no prefill", http_status=400)
+    )
+
+
+async def settle(request: asyncio.Task[Outcome]) -> None:
+    with contextlib.suppress(EmpireError):
+        await request
+
+
+async def cancel(request: asyncio.Task[Outcome]) -> None:
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+
+@pytest.mark.parametrize(
+    "finish_old",
+    [
+        pytest.param(answer, id="success"),
+        pytest.param(refuse, id="4xx-refusal"),
+        pytest.param(None, id="cancelled"),
+    ],
+)
+async def test_an_attempt_from_before_the_circuit_opened_never_decides_its_probe(
+    finish_old: Callable[[asyncio.Future[Completion]], None] | None,
+) -> None:
+    clock = Clock()
+    gated = GatedProvider()
+    board = HealthBoard(FAST_POLICY, clock)
+    router = ProviderRouter(
+        gated,  # type: ignore[arg-type]
+        gated,  # type: ignore[arg-type]
+        board,
+        gated,  # type: ignore[arg-type]
+        FAST_POLICY,
+    )
+    breaker = board.get("p").breaker
+
+    def request() -> asyncio.Task[Outcome]:
+        deadline = asyncio.get_running_loop().time() + 30
+        return asyncio.create_task(router.complete(router.begin(REQUEST, deadline)))
+
+    old = request()  # admitted while the circuit is closed, and slow
+    await gated.sent(1)
+    tripping = request()
+    await gated.sent(2)
+    gated.calls[1].set_exception(
+        ProviderFailure(ErrorClass.AUTHENTICATION, "bad key", http_status=401)
+    )
+    await settle(tripping)
+    assert breaker.state is CircuitState.OPEN
+
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+    probe = request()
+    await gated.sent(3)
+    assert breaker.state is CircuitState.HALF_OPEN
+
+    finished: Callable[[asyncio.Task[Outcome]], Awaitable[None]] = cancel
+    if finish_old is not None:
+        finish_old(gated.calls[0])
+        finished = settle
+    await finished(old)
+
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.try_acquire() is None  # no second probe while the first runs
+    answer(gated.calls[2])
+    outcome = await probe
+    assert outcome.provider.provider_id == "p"
+    assert breaker.state is CircuitState.CLOSED
+    assert len(gated.calls) == 3
+
+
+def test_only_an_attempt_admitted_while_half_open_holds_the_probe_slot() -> None:
+    clock, breaker = tripped()
+    before = admitted(CircuitBreaker("q", FAST_POLICY, clock))  # closed: no probe
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+
+    probe = admitted(breaker)
+
+    assert probe.probe and not before.probe
+
+
+@pytest.mark.parametrize(
+    "failure, in_a_row",
+    [
+        pytest.param(
+            ProviderFailure(ErrorClass.BAD_REQUEST, "no prefill", http_status=400),
+            0,
+            id="4xx-refusal",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.DEADLINE_EXCEEDED, "the caller's deadline"),
+            1,
+            id="deadline",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.CONTENT_POLICY, "filtered", http_status=200),
+            1,
+            id="refusal-event",
+        ),
+        pytest.param(
+            ProviderFailure(ErrorClass.SERVER_ERROR, "upstream", http_status=503),
+            2,
+            id="server-error",
+        ),
+    ],
+)
+def test_an_attempt_from_before_the_circuit_opened_leaves_the_probe_to_decide(
+    failure: ProviderFailure, in_a_row: int
+) -> None:
+    clock = Clock()
+    board = HealthBoard(FAST_POLICY, clock)
+    breaker = board.get("p").breaker
+    old = admitted(breaker)  # sent while closed, and slow
+    breaker.record_failure(admitted(breaker), trip=True)
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+    probe = admitted(breaker)
+
+    board.record_failure("p", failure, old)
+
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.try_acquire() is None
+    assert breaker.next_probe_time is None  # nothing waits for a free slot
+    # Its outcome still counts (a server error adds to the run, a 4xx ends it).
+    assert breaker.consecutive_failures == in_a_row
+    board.record_success("p", 0.1, probe)
+    assert breaker.state is CircuitState.CLOSED
+
+
+def test_a_probe_of_an_earlier_half_open_spell_frees_no_later_slot() -> None:
+    clock, breaker = tripped()
+    clock.now += FAST_POLICY.breaker_cooldown_seconds
+    first = admitted(breaker)
+    breaker.record_failure(first)  # reopens, with the cool-down doubled
+    clock.now += 2 * FAST_POLICY.breaker_cooldown_seconds
+    second = admitted(breaker)
+
+    breaker.release(first)
+    assert breaker.try_acquire() is None
+    breaker.record_success(first)
+    assert breaker.state is CircuitState.HALF_OPEN
+
+    breaker.record_success(second)
+    assert breaker.state is CircuitState.CLOSED

@@ -239,6 +239,95 @@ def test_an_error_event_inside_a_200_stream_is_classified_by_its_type(
         assert failure.message.startswith("the provider sent an error event")
 
 
+VLLM_CONTEXT_LENGTH = (
+    "This model's maximum context length is 4096 tokens. However, you requested"
+    " 5000 tokens (4000 in the messages, 1000 in the completion)."
+)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        pytest.param(
+            {
+                "object": "error",
+                "type": "BadRequestError",
+                "message": VLLM_CONTEXT_LENGTH,
+                "param": None,
+                "code": 400,
+            },
+            ErrorClass.CONTEXT_LENGTH_EXCEEDED,
+            id="vllm-context-length",
+        ),
+        pytest.param(
+            {"type": "BadRequestError", "message": "unknown field", "code": 400},
+            ErrorClass.BAD_REQUEST,
+            id="vllm-bad-request",
+        ),
+        pytest.param(
+            {"type": "NotFoundError", "message": "no such model", "code": "404"},
+            ErrorClass.BAD_REQUEST,
+            id="vllm-code-as-text",
+        ),
+        pytest.param(
+            {"type": "TooManyRequests", "message": "busy", "code": 429},
+            ErrorClass.RATE_LIMITED,
+            id="vllm-rate-limit",
+        ),
+        pytest.param(
+            {"type": "InternalServerError", "message": "oops", "code": 500},
+            ErrorClass.SERVER_ERROR,
+            id="vllm-server-error",
+        ),
+        pytest.param(
+            {"type": None, "code": "context_length_exceeded", "message": "too long"},
+            ErrorClass.CONTEXT_LENGTH_EXCEEDED,
+            id="openai-context-code",
+        ),
+        pytest.param(
+            {"message": "content_policy violation"},
+            ErrorClass.CONTENT_POLICY,
+            id="openai-policy-message",
+        ),
+        pytest.param(
+            {"type": "", "code": "content_filter", "message": "filtered"},
+            ErrorClass.CONTENT_POLICY,
+            id="openai-filter-code",
+        ),
+        pytest.param(
+            {"type": "something_new", "message": "?", "code": 200},
+            ErrorClass.SERVER_ERROR,
+            id="code-outside-the-error-range",
+        ),
+        pytest.param(
+            {"type": "something_new", "message": "?", "code": True},
+            ErrorClass.SERVER_ERROR,
+            id="code-not-a-number",
+        ),
+    ],
+)
+def test_an_error_event_of_an_unknown_type_is_classified_by_its_code_and_message(
+    body: dict, expected: ErrorClass
+) -> None:
+    assert classify_status(200, body).error_class is expected
+
+
+def test_an_http_5xx_naming_the_context_window_stays_a_server_error() -> None:
+    # Only an error event lacks a status of its own; a real 5xx is the status.
+    body = {"type": "BadRequestError", "message": VLLM_CONTEXT_LENGTH, "code": 400}
+    assert classify_status(503, body).error_class is ErrorClass.SERVER_ERROR
+
+
+def test_an_openai_error_event_from_the_sdk_names_the_context_window() -> None:
+    body = {"type": "BadRequestError", "message": VLLM_CONTEXT_LENGTH, "code": 400}
+    error = openai.APIError(VLLM_CONTEXT_LENGTH, REQUEST, body=body)
+
+    failure = classify(error)
+
+    assert failure.error_class is ErrorClass.CONTEXT_LENGTH_EXCEEDED
+    assert "maximum context length" in failure.message
+
+
 def test_an_anthropic_error_event_from_the_sdk_is_a_server_error() -> None:
     response = httpx2.Response(200, request=REQUEST)
     body = {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}

@@ -66,8 +66,11 @@ def test_latency_tie_breaker_orders_equal_weights_by_median_latency() -> None:
     policy = FAST_POLICY.__class__(**{**FAST_POLICY.__dict__, "tie_breaker": "latency"})
     subject = router([provider("slow"), provider("fast")], policy)
     for _ in range(5):
-        subject.health.record_success("slow", 0.9)
-        subject.health.record_success("fast", 0.1)
+        for provider_id, latency in (("slow", 0.9), ("fast", 0.1)):
+            breaker = subject.health.get(provider_id).breaker
+            admission = breaker.try_acquire()
+            assert admission is not None
+            subject.health.record_success(provider_id, latency, admission)
     assert set(firsts(subject, 200)) == {"fast"}
 
 

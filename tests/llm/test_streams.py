@@ -140,6 +140,52 @@ async def test_error_event_before_any_content_fails_over_invisibly(
     assert watch.seconds < NO_WAIT
 
 
+async def test_an_error_event_naming_the_context_window_goes_to_a_larger_one(
+    llm: RunningLlm,
+) -> None:
+    # vLLM's event: a type of its own and the status in `code`, inside a 200.
+    context_event = faults.error_event(
+        "BadRequestError",
+        message="This model's maximum context length is 4096 tokens.",
+        code=400,
+    )
+    async with (
+        FakeProvider("openai", model="small-model") as small,
+        FakeProvider("openai", model="small-model") as twin,
+        FakeProvider("anthropic", model="large-model") as large,
+    ):
+        for priority, (provider_id, fake, window) in enumerate(
+            [
+                ("small", small, 4096),
+                ("small-twin", twin, 4096),
+                ("large", large, 10**5),
+            ]
+        ):
+            await llm.client.put(
+                provider_id,
+                fake,
+                priority=priority,
+                context_window=window,
+                first_token_timeout=seconds(LONG_WAIT),
+                stream_idle_timeout=seconds(LONG_WAIT),
+                request_timeout=seconds(REQUEST_TIMEOUT),
+            )
+        small.inject(context_event, times=None)
+        twin.inject(context_event, times=None)
+
+        watch = Stopwatch()
+        result = await llm.client.stream(allow_reset=True)
+
+    assert result.error is None
+    assert "reset" not in result.kinds()
+    assert result.events[0].start.provider_id == "large"
+    assert result.done is not None and result.done.provider_id == "large"
+    attempts = [(a.provider_id, a.error_class) for a in result.done.failed_attempts]
+    assert attempts == [("small", pb.ERROR_CLASS_CONTEXT_LENGTH_EXCEEDED)]
+    assert (small.completions, twin.completions, large.completions) == (1, 0, 1)
+    assert watch.seconds < NO_WAIT
+
+
 async def test_an_error_event_quoting_the_prompt_repeats_no_prompt_text(
     route: RunningLlm, primary: FakeProvider, fallback: FakeProvider
 ) -> None:
