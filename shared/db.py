@@ -6,8 +6,8 @@ service's ordered migrations once, and turns driver failures into the two
 errors callers handle: `shared.errors.Unavailable` (reason DATABASE_UNAVAILABLE)
 when the database cannot be reached, and `UniqueViolation` when a row clashes
 with a unique constraint (plus `shared.errors.Aborted`, reason DATABASE_CONFLICT,
-when PostgreSQL breaks a deadlock). Rows come back as tuples, binary columns as
-`bytes`.
+when PostgreSQL breaks a deadlock or a lock wait outlasts `lock_timeout`). Rows
+come back as tuples, binary columns as `bytes`.
 """
 
 from __future__ import annotations
@@ -214,9 +214,17 @@ def _log_outage(dialect: str, exc: BaseException) -> None:
 
 # PostgreSQL ------------------------------------------------------------------
 
-_PG_CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_PG_CONFLICTS = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    # A wait past `lock_timeout`: another transaction holds the lock too long,
+    # which says nothing about whether the database is reachable.
+    psycopg.errors.LockNotAvailable,
+)
 _PG_UNAVAILABLE = (
     psycopg.OperationalError,
+    # The server ended the session, idle in a transaction for too long.
+    psycopg.errors.IdleInTransactionSessionTimeout,
     psycopg.InterfaceError,
     psycopg_pool.PoolTimeout,
     psycopg_pool.PoolClosed,
@@ -232,8 +240,8 @@ def _postgres_errors() -> Iterator[None]:
     except psycopg.errors.UniqueViolation as exc:
         raise UniqueViolation(exc.diag.constraint_name) from None
     except _PG_CONFLICTS:
-        # A deadlock or serialization failure: the database is up, and the
-        # caller may retry the whole transaction.
+        # A deadlock, serialization failure or lock timeout: the database is
+        # up, and the caller may retry the whole transaction.
         raise Aborted(
             "the transaction lost a conflict; retry it", reason=CONFLICT_REASON
         ) from None

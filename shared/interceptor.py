@@ -27,9 +27,9 @@ from shared.authn import (
     set_current_principal,
 )
 from shared.errors import EmpireError, Unauthenticated, internal_status, to_rich_status
+from shared.logs import write_access_line
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("empire.access")
 
 
 class ServerInterceptor:
@@ -120,18 +120,7 @@ class ServerInterceptor:
             self._timers[method] = metrics.RPC_SECONDS.labels(self._service, name)
         counter.inc()
         self._timers[method].observe(elapsed)
-        access_logger.info(
-            "%s %s %.2fms",
-            method,
-            code.name,
-            elapsed * 1000,
-            extra={
-                "rpc_method": method,
-                "rpc_code": code.name,
-                "duration_ms": round(elapsed * 1000, 3),
-                "subject": subject,
-            },
-        )
+        write_access_line(method, code.name, elapsed * 1000, subject)
 
 
 class _Call:
