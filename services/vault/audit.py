@@ -10,7 +10,8 @@ together share one transaction: writes run their statements in it, in arrival
 order, and all their events are inserted with one statement, so a burst costs
 one commit instead of one per call. Each of those transactions first locks the
 chain head, so the batches of several replicas sharing one database queue
-instead of colliding on a sequence number.
+instead of colliding on a sequence number; a batch that writes then runs its
+`before_writes` step once (the keyring's reload), whatever its size.
 """
 
 from __future__ import annotations
@@ -117,10 +118,17 @@ def chain_hash(key: bytes, event: AuditRecord) -> str:
 class AuditLog:
     """Appends events to the chain; one per process, shared by every RPC."""
 
-    def __init__(self, store: VaultStore, key: bytes, max_pending: int) -> None:
+    def __init__(
+        self,
+        store: VaultStore,
+        key: bytes,
+        max_pending: int,
+        before_writes: Callable[[Executor], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._key = key
         self._max_pending = max_pending
+        self._before_writes = before_writes
         self._lock = asyncio.Lock()
         self._queue: list[_Job] = []
         self._writer: asyncio.Task[None] | None = None
@@ -247,9 +255,10 @@ class AuditLog:
             try:
                 return await self._commit(batch)
             except (UniqueViolation, Aborted) as error:
-                # Under the head lock, replicas' batches no longer clash; a
-                # deadlock with the rewrap (which writes without that lock)
-                # still can. The retry runs the whole batch again on fresh rows.
+                # Under the head lock, the vault's own transactions no longer
+                # clash; a wait for a head held too long (a stuck replica) or
+                # a deadlock with a writer outside the vault still can. The
+                # retry runs the whole batch again on fresh rows.
                 if not _lost_conflict(error) or attempt == _BATCH_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(_RETRY_SECONDS * (1 + random.random()) * 2**attempt)
@@ -263,6 +272,12 @@ class AuditLog:
             # Locked first: the batch's rows are read only once no other
             # replica can append, so chain order is commit order.
             head = await self._store.lock_audit_head(tx)
+            if self._before_writes is not None and any(
+                job.mutate is not None for job in batch
+            ):
+                # Once for the whole batch, and under the lock: what it learns
+                # (a master key another replica added) holds for every write.
+                await self._before_writes(tx)
             # The batch's reads see the state before its writes, so their
             # events come first in the chain.
             reads = [job.read for job in batch if job.read is not None]

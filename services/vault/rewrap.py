@@ -1,7 +1,9 @@
 """Master-key rotation: add a keyring version, then rewrap data keys in the background.
 
-Only the small wrapped data keys are rewritten, never the secrets' ciphertexts,
-and each batch is its own transaction that skips rows changed meanwhile. The
+Only the small wrapped data keys are rewritten, never the secrets' ciphertexts.
+Each batch is one transaction that locks the audit chain's head first, as every
+write does: so it cannot deadlock with a write, and no write or restore changes
+its rows between the moment it reads them and the moment it rewrites them. The
 work left is always "rows wrapped by an older version", read from the
 database, so a restart (even after kill -9) simply carries on where it stopped.
 A row whose data key does not unwrap is skipped and counted, not retried
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from services.vault.envelope import EnvelopeCipher, SealedValue
@@ -59,6 +63,9 @@ class MasterKeyRotator:
         # (key id, version) of the rows this run could not unwrap.
         self._failed: set[tuple[str, int]] = set()
         self._last = Progress(IDLE, cipher.keyring.current_version, 0, 0)
+        # Blocks that hold the rewrap off, and whether it starts after them.
+        self._pauses = 0
+        self._start_after_pause = False
 
     @property
     def running(self) -> bool:
@@ -130,11 +137,34 @@ class MasterKeyRotator:
         return self._last
 
     async def close(self) -> None:
+        await self._stop()
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Holds the rewrap off for the block, as a restore must: a batch
+        under way would wrap restored data keys under a master key the
+        restored keyring may lack. A rewrap stopped (or asked for) meanwhile
+        starts once the block ends, from what the database then holds."""
+        self._pauses += 1
+        self._start_after_pause = self._start_after_pause or self.running
+        await self._stop()
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if not self._pauses and self._start_after_pause:
+                self._start_after_pause = False
+                self._start()
+
+    async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     def _start(self) -> None:
+        if self._pauses:
+            self._start_after_pause = True
+            return
         if self.running:
             return  # the running loop reads the new target on its next batch
         self._state = RUNNING
@@ -150,7 +180,8 @@ class MasterKeyRotator:
                 await asyncio.sleep(_RETRY_SECONDS)
                 continue
             except Aborted:
-                # A deadlock with a writer, which PostgreSQL broke: go again.
+                # A deadlock with a writer outside the vault, or a wait for
+                # a chain head held too long: go again.
                 logger.info("a rewrap batch lost a conflict with a writer; retrying")
                 await asyncio.sleep(_CONFLICT_RETRY_SECONDS)
                 continue
@@ -165,18 +196,17 @@ class MasterKeyRotator:
     async def _rewrap_batch(self, after: tuple[str, int]) -> tuple[str, int] | None:
         """Rewraps the rows after `after`; the position to go on from, or None
         when nothing is left but rows that cannot be unwrapped."""
-        target = self.target
-        batch = await self._store.versions_to_rewrap(target, self._batch_size, after)
-        if not batch:
-            return None if await self._nothing_left() else _START
-        rewrapped = [
-            (record, sealed)
-            for record in batch
-            if (sealed := self._rewrapped(record, target)) is not None
-        ]
-        if rewrapped:
-            async with self._store.db.transaction() as tx:
-                for record, sealed in rewrapped:
+        async with self._store.db.transaction() as tx:
+            await self._store.lock_audit_head(tx)
+            target = self.target
+            batch = await self._store.versions_to_rewrap(
+                target, self._batch_size, after, tx=tx
+            )
+            if not batch:
+                return None if await self._nothing_left(tx) else _START
+            for record in batch:
+                sealed = self._rewrapped(record, target)
+                if sealed is not None:
                     await self._store.store_rewrapped(tx, record, sealed)
         return batch[-1].key_id, batch[-1].version
 
@@ -199,18 +229,16 @@ class MasterKeyRotator:
                 )
             return None
 
-    async def _nothing_left(self) -> bool:
+    async def _nothing_left(self, tx: Executor) -> bool:
         """Whether every row older than the target is one this run gave up on.
 
         Asked under the chain lock, which every write takes before it learns
         the current master key version: a write that sealed with an older
         version has committed by now, and any later one seals with the target.
         """
-        async with self._store.db.transaction() as tx:
-            await self._store.lock_audit_head(tx)
-            left = await self._store.versions_to_rewrap(
-                self.target, len(self._failed) + 1, tx=tx
-            )
+        left = await self._store.versions_to_rewrap(
+            self.target, len(self._failed) + 1, tx=tx
+        )
         return all((row.key_id, row.version) in self._failed for row in left)
 
     def _finish(self) -> None:

@@ -53,15 +53,6 @@ async def open_runtime(settings: VaultSettings) -> VaultRuntime:
         raise
 
     cipher = EnvelopeCipher(keyring)
-    audit_key = derive_key(root_key, "audit-chain")
-    audit = AuditLog(store, audit_key, settings.max_pending_audit_events)
-    cache = ReadCache(settings.degraded_cache_ttl_seconds)
-
-    async def probe() -> None:
-        await store.ping()
-        await audit.flush_spool()
-
-    health = DatabaseHealth(probe, settings.database_probe_seconds)
     rotator = MasterKeyRotator(
         store,
         cipher,
@@ -69,6 +60,23 @@ async def open_runtime(settings: VaultSettings) -> VaultRuntime:
         settings.rewrap_batch_size,
         settings.rewrap_pause_seconds,
     )
+    audit_key = derive_key(root_key, "audit-chain")
+    # Each batch of writes learns, under the chain lock, the master keys other
+    # replicas added, so it seals with the newest before their rewrap can
+    # call itself complete.
+    audit = AuditLog(
+        store,
+        audit_key,
+        settings.max_pending_audit_events,
+        before_writes=rotator.reload_keyring,
+    )
+    cache = ReadCache(settings.degraded_cache_ttl_seconds)
+
+    async def probe() -> None:
+        await store.ping()
+        await audit.flush_spool()
+
+    health = DatabaseHealth(probe, settings.database_probe_seconds)
     vault = SecretVault(
         store,
         cipher,

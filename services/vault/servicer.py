@@ -252,27 +252,12 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
                 runtime.backup_key, runtime.root_key, runtime.audit_key, blob
             )
             keyring = _snapshot_keyring(runtime.root_key, snapshot)
-            async with runtime.audit.exclusive() as chain:
-                if not replace_existing and await runtime.store.count_secrets(chain.tx):
-                    raise FailedPrecondition(
-                        "the vault holds secrets; set replace_existing to replace them",
-                        reason="VAULT_NOT_EMPTY",
-                    )
-                await runtime.store.replace_all(chain.tx, snapshot.tables)
-                # The restored chain goes on with an event naming the head of
-                # the chain it replaced, so that one stays anchored.
-                replaced_events, replaced_hash = chain.replaced_head
-                await chain.append(
-                    AuditEntry(
-                        principal.subject,
-                        "Restore",
-                        version=replaced_events,
-                        value_hmac=replaced_hash,
-                    )
-                )
-            if keyring is not None:
-                runtime.cipher.keyring = keyring
-            runtime.cache.clear()
+            # No rewrap batch runs until the restored keyring is in place.
+            async with runtime.rotator.paused():
+                await self._replace_all(principal, snapshot, replace_existing)
+                if keyring is not None:
+                    runtime.cipher.keyring = keyring
+                runtime.cache.clear()
             await runtime.rotator.resume()
         secrets, versions, events = snapshot.counts
         return pb.RestoreResponse(
@@ -333,6 +318,29 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
                 )
             parts.append(message.data)
         return b"".join(parts), replace_existing
+
+    async def _replace_all(
+        self, principal: Principal, snapshot: backup.Snapshot, replace_existing: bool
+    ) -> None:
+        runtime = self._runtime
+        async with runtime.audit.exclusive() as chain:
+            if not replace_existing and await runtime.store.count_secrets(chain.tx):
+                raise FailedPrecondition(
+                    "the vault holds secrets; set replace_existing to replace them",
+                    reason="VAULT_NOT_EMPTY",
+                )
+            await runtime.store.replace_all(chain.tx, snapshot.tables)
+            # The restored chain goes on with an event naming the head of
+            # the chain it replaced, so that one stays anchored.
+            replaced_events, replaced_hash = chain.replaced_head
+            await chain.append(
+                AuditEntry(
+                    principal.subject,
+                    "Restore",
+                    version=replaced_events,
+                    value_hmac=replaced_hash,
+                )
+            )
 
     @asynccontextmanager
     async def _audited(

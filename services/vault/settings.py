@@ -55,8 +55,9 @@ def load_settings(env: Env | None = None) -> VaultSettings:
             "VAULT_DATABASE_PROBE_SECONDS", 1.0, minimum=0.05, maximum=60.0
         ),
         database_timeout_seconds=database_timeout_seconds(env, "vault"),
+        # A batch holds the audit chain's head, which every write waits for.
         rewrap_batch_size=env.int(
-            "VAULT_REWRAP_BATCH_SIZE", 200, minimum=1, maximum=10000
+            "VAULT_REWRAP_BATCH_SIZE", 50, minimum=1, maximum=1000
         ),
         rewrap_pause_seconds=env.float(
             "VAULT_REWRAP_PAUSE_SECONDS", 0.0, minimum=0.0, maximum=60.0

@@ -14,10 +14,24 @@ from services.vault.records import (
     SecretRecord,
     VersionRecord,
 )
-from shared.db import Database, Executor, Row, open_database
+from shared.db import (
+    DEFAULT_STATEMENT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    Database,
+    Executor,
+    Row,
+    open_database,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 GENESIS_HASH = "0" * 64
+# Well below the statement timeout: a wait that long would be taken for an
+# unreachable database, and put the replica in outage mode.
+_MAX_HEAD_WAIT_SECONDS = DEFAULT_STATEMENT_TIMEOUT_S / 2
+_HEAD_TIMEOUTS = (
+    "SELECT set_config('lock_timeout', %s, true),"
+    " set_config('idle_in_transaction_session_timeout', %s, true)"
+)
 
 _SECRET_COLUMNS = (
     "s.key_id, s.secret_type, s.labels, s.rotation_frequency_days,"
@@ -46,16 +60,26 @@ _READ = (
 )
 
 
-async def open_store(url: str, timeout_seconds: float = 3.0) -> VaultStore:
-    """`timeout_seconds` bounds connecting and waiting for a pooled connection."""
-    return VaultStore(await open_database(url, MIGRATIONS, timeout_s=timeout_seconds))
+async def open_store(
+    url: str, timeout_seconds: float = DEFAULT_TIMEOUT_S
+) -> VaultStore:
+    """`timeout_seconds` bounds connecting, waiting for a pooled connection and
+    waiting for the audit chain's head."""
+    database = await open_database(url, MIGRATIONS, timeout_s=timeout_seconds)
+    return VaultStore(database, head_wait_seconds=timeout_seconds)
 
 
 class VaultStore:
     """Every query the vault makes; callers pass a transaction where they hold one."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, head_wait_seconds: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.db = db
+        wait_ms = max(1, round(min(head_wait_seconds, _MAX_HEAD_WAIT_SECONDS) * 1000))
+        # (lock_timeout, idle_in_transaction_session_timeout) of a transaction
+        # that holds the head.
+        self._head_timeouts = (f"{wait_ms}ms", f"{2 * wait_ms}ms")
 
     @property
     def dialect(self) -> str:
@@ -288,13 +312,20 @@ class VaultStore:
     async def lock_audit_head(self, tx: Executor) -> tuple[int, str]:
         """The chain head, locked until `tx` ends.
 
-        Every transaction that appends to the chain takes this first, so
-        appends from several replicas queue one after another instead of
-        colliding on a sequence number or deadlocking on each other's rows; on
-        SQLite the write lock of `BEGIN IMMEDIATE` already serialises them.
+        Every transaction that appends to the chain or writes secrets' rows
+        takes this first, so those of several replicas queue one after another
+        instead of colliding on a sequence number or deadlocking on each
+        other's rows; on SQLite the write lock of `BEGIN IMMEDIATE` already
+        serialises them.
+
+        On PostgreSQL both sides of the queue are bounded, so one stuck
+        replica cannot stall the others: a wait past the head wait raises
+        `Aborted` (DATABASE_CONFLICT, as a deadlock does), and PostgreSQL ends
+        the session of a holder left idle in its transaction for twice as long.
         """
         if self.db.dialect != "postgres":
             return await self.audit_head(tx) or (0, GENESIS_HASH)
+        await tx.execute(_HEAD_TIMEOUTS, self._head_timeouts)
         lock = "SELECT sequence, hash FROM vault_audit_head WHERE id = 1 FOR UPDATE"
         row = await tx.fetchone(lock)
         if row is None:

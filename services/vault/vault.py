@@ -68,7 +68,7 @@ class SecretVault:
         health: DatabaseHealth,
         max_versions: int,
         fallback: FallbackSecrets,
-        reload_keyring: Callable[[Executor | None], Awaitable[None]] | None = None,
+        reload_keyring: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._cipher = cipher
@@ -227,10 +227,8 @@ class SecretVault:
             next_rotation_ms=now + rotation_days * DAY_MS if rotation_days else None,
             delete_time_ms=None,
         )
-        if self._reload is not None:
-            # Inside the chain lock, so a master key another replica added is
-            # seen here before its rewrap can call itself complete.
-            await self._reload(tx)
+        # The audit log's batch has already learned, under the chain lock, any
+        # master key another replica added: this seals with the newest one.
         sealed = self._cipher.seal(new.key_id, version, new.value)
         if current is None:
             await self._store.insert_secret(tx, secret)
@@ -322,7 +320,7 @@ class SecretVault:
             if error.reason != "MASTER_KEY_VERSION_UNKNOWN" or self._reload is None:
                 raise
             # Another replica rotated the master key: learn the new version.
-            await self._reload(None)
+            await self._reload()
             plain = await self._audit.read(key_id, version, then)
         return plain
 

@@ -18,7 +18,8 @@ import pytest
 
 from empire.vault.v1 import vault_service_pb2 as pb
 from empire.vault.v1 import vault_service_pb2_grpc
-from services.vault.app import create_service
+from services.vault.app import service_for
+from services.vault.runtime import VaultRuntime, open_runtime
 from services.vault.settings import VaultSettings, load_settings
 from shared.config import Env
 from tests.harness.servers import serve, test_server_settings
@@ -85,6 +86,8 @@ class RunningVault:
     client: VaultClient
     settings: VaultSettings
     target: str
+    # The served vault's parts, for tests that reach past the API.
+    runtime: VaultRuntime
 
 
 @pytest.fixture
@@ -118,12 +121,17 @@ class running_vault:  # noqa: N801 - used like a function
         self._issuer = issuer
 
     async def __aenter__(self) -> RunningVault:
-        service = await create_service(self._settings)
-        self._serving = serve(service, self._settings.server, self._issuer.verifier())
+        runtime = await open_runtime(self._settings)
+        self._serving = serve(
+            service_for(runtime), self._settings.server, self._issuer.verifier()
+        )
         server = await self._serving.__aenter__()
         self._channel = server.channel()
         return RunningVault(
-            VaultClient(self._channel, self._issuer), self._settings, server.target
+            VaultClient(self._channel, self._issuer),
+            self._settings,
+            server.target,
+            runtime,
         )
 
     async def __aexit__(self, *exc: object) -> None:

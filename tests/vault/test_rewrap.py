@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 import psycopg
 import pytest
 
 from empire.vault.v1 import vault_service_pb2 as pb
-from shared.db import open_database
+from services.vault.envelope import SealedValue
+from services.vault.records import VersionRecord
+from services.vault.store import VaultStore
+from shared.db import Executor, open_database
+from tests.harness.grpc_errors import error_info
 from tests.harness.tokens import LocalIssuer
 from tests.vault.conftest import RunningVault, running_vault, vault_settings
+from tests.vault.test_backup import restore, take_backup
 
 
 async def wait_for_rewrap(
@@ -64,6 +70,78 @@ async def test_new_writes_use_the_new_master_key_at_once(vault: RunningVault) ->
         await db.close()
 
     assert row is not None and int(row[0]) == 2
+
+
+class HeldRewrap:
+    """Holds the first rewrap batch between reading its rows and writing the
+    first one back, until released; later batches pass straight through."""
+
+    def __init__(self, store: VaultStore) -> None:
+        self.reached = asyncio.Event()
+        self.released = asyncio.Event()
+        self._store_rewrapped = store.store_rewrapped
+
+    async def __call__(
+        self, tx: Executor, record: VersionRecord, sealed: SealedValue
+    ) -> None:
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.released.wait()
+        await self._store_rewrapped(tx, record, sealed)
+
+
+async def hold_a_rewrap(
+    vault: RunningVault, monkeypatch: pytest.MonkeyPatch
+) -> HeldRewrap:
+    """Rotates the master key (past the API, whose audit event would queue
+    behind the held batch) and returns once its rewrap is held."""
+    held = HeldRewrap(vault.runtime.store)
+    monkeypatch.setattr(vault.runtime.store, "store_rewrapped", held)
+    await vault.runtime.rotator.rotate()
+    await asyncio.wait_for(held.reached.wait(), 10)
+    return held
+
+
+async def test_a_restore_during_a_rewrap_leaves_every_secret_readable(
+    vault: RunningVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(5):
+        await vault.client.put(f"k{number}", f"value-{number}".encode())
+    blob = await take_backup(vault)  # its keyring holds master key 1 only
+    held = await hold_a_rewrap(vault, monkeypatch)
+
+    # The held batch has read rows of the replaced vault, wrapped by key 1
+    # like the restored ones, and is about to wrap them by key 2.
+    restoring = asyncio.ensure_future(restore(vault, blob, replace_existing=True))
+    await asyncio.wait({restoring}, timeout=5)
+    held.released.set()
+    await restoring
+    status = await wait_for_rewrap(vault)
+
+    assert status.master_key_version == 1
+    assert await master_versions(vault) == {1}
+    for number in range(5):
+        got = await vault.client.get(f"k{number}")
+        assert got.value == f"value-{number}".encode()
+
+
+async def test_a_rewrap_stopped_by_a_refused_restore_carries_on(
+    vault: RunningVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(5):
+        await vault.client.put(f"k{number}", f"value-{number}".encode())
+    blob = await take_backup(vault)
+    held = await hold_a_rewrap(vault, monkeypatch)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await restore(vault, blob)  # refused: the vault is not empty
+    status = await wait_for_rewrap(vault)
+    held.released.set()
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "VAULT_NOT_EMPTY"
+    assert status.rewrap.rewrapped_versions == status.rewrap.total_versions == 5
+    assert await master_versions(vault) == {2}
 
 
 async def test_status_reports_the_store_and_availability(vault: RunningVault) -> None:
@@ -136,12 +214,13 @@ async def test_rewrap_retries_after_losing_a_deadlock_to_a_writer(
         try:
             # The writer holds b; the rewrap takes a, then waits for b; the
             # writer then asks for a, and PostgreSQL aborts the rewrap's
-            # transaction, which waited longer.
+            # transaction, which waited longer. (Rotated past the API, whose
+            # audit event would queue behind the rewrap holding the chain.)
             await writer.execute("SET deadlock_timeout = '30s'")
             await writer.execute(
                 "SELECT 1 FROM vault_versions WHERE key_id = 'b' FOR UPDATE"
             )
-            await vault.client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+            await vault.runtime.rotator.rotate()
             await wait_for_lock_waiter(writer)
             await writer.execute(
                 "UPDATE vault_versions SET create_time_ms = create_time_ms"
