@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from shared.config import Env, load_server_settings
 
 SERVICES = ("auth", "vault", "cache", "llm")
 STOP_TIMEOUT_SECONDS = 15.0
+AUTH_START_SECONDS = 15.0
 
 
 def main() -> int:
@@ -24,6 +26,9 @@ def main() -> int:
         children[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"], env=env
         )
+        if name == "auth":
+            # The others fetch auth's keys and revocations as they start.
+            _wait_for_auth(settings["auth"].jwks_url, children["auth"])
 
     print("\nEmpire Security is starting (Ctrl-C stops it):", flush=True)
     for name, each in settings.items():
@@ -46,6 +51,17 @@ def main() -> int:
         return_code = 0
     _stop(children)
     return return_code
+
+
+def _wait_for_auth(jwks_url: str, auth: subprocess.Popen[bytes]) -> None:
+    """Until auth publishes its keys, it exits, or AUTH_START_SECONDS pass."""
+    deadline = time.monotonic() + AUTH_START_SECONDS
+    while time.monotonic() < deadline and auth.poll() is None:
+        try:
+            with urllib.request.urlopen(jwks_url, timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
 
 
 def _interrupt(*_: object) -> None:
