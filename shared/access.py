@@ -15,6 +15,9 @@ class MethodRule:
 
     scope: str
     public: bool
+    # Whether a qualified form of `scope` passes: only where the service
+    # itself checks the qualifier against the resource the request names.
+    per_resource: bool = False
 
 
 # A method whose contract forgot its rule is for admins only: fail closed.
@@ -36,6 +39,10 @@ def rules_for_services(service_names: list[str]) -> dict[str, MethodRule]:
             rule = ADMIN_ONLY
             if options.HasExtension(access_pb2.access):  # type: ignore[arg-type]
                 declared = options.Extensions[access_pb2.access]  # type: ignore[index,var-annotated]
-                rule = MethodRule(scope=declared.scope, public=declared.public)
+                rule = MethodRule(
+                    scope=declared.scope,
+                    public=declared.public,
+                    per_resource=declared.per_resource,
+                )
             rules[f"/{service_name}/{method.name}"] = rule
     return rules

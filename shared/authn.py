@@ -75,6 +75,15 @@ class Principal:
             for scope in self.scopes
         )
 
+    def require_whole_scope(self, required: str) -> None:
+        """Refuses unless the caller holds `required` unqualified (or "*").
+
+        For calls that name no resource a qualifier could be checked against:
+        there `cache:admin:x` must not pass for `cache:admin`.
+        """
+        if ALL_SCOPES not in self.scopes and required not in self.scopes:
+            raise _missing_scope(required)
+
     def require_scope(self, required: str, resource: str | None = None) -> None:
         allowed = (
             self.has_scope(required)
@@ -82,11 +91,15 @@ class Principal:
             else self.allows(required, resource)
         )
         if not allowed:
-            raise PermissionDenied(
-                f"the caller lacks the scope {required!r} for this request",
-                reason="MISSING_SCOPE",
-                metadata={"scope": required},
-            )
+            raise _missing_scope(required)
+
+
+def _missing_scope(required: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"the caller lacks the scope {required!r} for this request",
+        reason="MISSING_SCOPE",
+        metadata={"scope": required},
+    )
 
 
 ANONYMOUS = Principal(subject="")

@@ -94,7 +94,10 @@ class ServerInterceptor:
                 "this method needs a bearer token", reason="MISSING_TOKEN"
             )
         principal = await self._verifier.verify(token)
-        principal.require_scope(rule.scope)
+        if rule.per_resource:
+            principal.require_scope(rule.scope)  # the servicer checks the rest
+        else:
+            principal.require_whole_scope(rule.scope)
         return principal
 
     async def abort(self, context: Any, error: BaseException) -> None:

@@ -34,6 +34,7 @@ from shared.proto_time import timestamp
 logger = logging.getLogger(__name__)
 
 READ, WRITE, DESTROY = "secrets:read", "secrets:write", "secrets:destroy"
+AUDIT = "audit:read"
 
 
 class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
@@ -202,6 +203,9 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
             kind="audit",
             filters=filters,
         )
+        # Events name key ids: a prefixed scope sees only its own keys' events,
+        # and without a key id filter the listing spans the whole vault.
+        current_principal().require_scope(AUDIT, resource=request.key_id)
         events = await self._runtime.store.audit_events(filters, after or 0, size + 1)
         page, more = events[:size], len(events) > size
         token = (

@@ -6,8 +6,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# The services' modules are imported for their descriptors.
+from empire.auth.v1 import auth_service_pb2  # noqa: F401
+from empire.cache.v1 import cache_service_pb2  # noqa: F401
 from empire.echo.v1 import echo_service_pb2 as echo_pb2
 from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
+from empire.llm.v1 import llm_service_pb2  # noqa: F401
+from empire.vault.v1 import vault_service_pb2  # noqa: F401
+from shared.access import rules_for_services
 from shared.clients import ServiceClient, bearer, connect
 from shared.echo import SERVICE_NAME, EchoServicer, echo_service
 from shared.server import Service
@@ -43,6 +49,37 @@ async def test_token_without_scope_is_permission_denied(echo, issuer) -> None:
 
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_info(caught.value).reason == "MISSING_SCOPE"
+
+
+async def test_qualified_scope_passes_only_per_resource_methods(echo, issuer):
+    """`echo:call:x` names a resource Echo never checks: it must not stand in
+    for `echo:call` there, or any qualifier would grant the whole scope."""
+    token = issuer.token(["echo:call:anything"])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await echo.Echo(echo_pb2.EchoRequest(message="hi"), metadata=[bearer(token)])
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "MISSING_SCOPE"
+
+
+def test_access_rules_mark_only_the_vaults_per_key_methods_per_resource() -> None:
+    rules = rules_for_services(
+        [
+            "empire.auth.v1.AuthService",
+            "empire.vault.v1.VaultService",
+            "empire.cache.v1.CacheService",
+            "empire.llm.v1.LlmService",
+        ]
+    )
+    per_resource = {path for path, rule in rules.items() if rule.per_resource}
+
+    vault = "/empire.vault.v1.VaultService/"
+    assert f"{vault}GetSecret" in per_resource
+    assert f"{vault}ListAuditEvents" in per_resource
+    assert f"{vault}Backup" not in per_resource
+    assert f"{vault}RotateMasterKey" not in per_resource
+    assert all(path.startswith(vault) for path in per_resource)
 
 
 async def test_token_with_scope_reaches_the_servicer_as_its_subject(echo, issuer):

@@ -116,3 +116,77 @@ async def test_call_without_token_is_unauthenticated(vault: RunningVault) -> Non
         await vault.client.stub.GetSecret(pb.GetSecretRequest(key_id="k"))
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_prefixed_audit_scope_cannot_read_other_keys_events(
+    vault: RunningVault,
+) -> None:
+    await vault.client.put("auth/signing", b"private")
+    await vault.client.put("llm/openai", b"sk-1")
+    scopes = ["audit:read:llm/"]
+
+    denied = []
+    for request in [
+        pb.ListAuditEventsRequest(),
+        pb.ListAuditEventsRequest(key_id="auth/signing"),
+        pb.ListAuditEventsRequest(key_id="auth/does-not-exist"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await vault.client.call("ListAuditEvents", request, scopes=scopes)
+        denied.append((caught.value.code(), caught.value.details()))
+    own = await vault.client.call(
+        "ListAuditEvents", pb.ListAuditEventsRequest(key_id="llm/openai"), scopes=scopes
+    )
+
+    # Refused alike, whether the other key exists or not.
+    assert set(denied) == {(grpc.StatusCode.PERMISSION_DENIED, denied[0][1])}
+    assert [event.key_id for event in own.events] == ["llm/openai"]
+
+
+@pytest.mark.parametrize(
+    "method, request_message, scope",
+    [
+        pytest.param(
+            "RotateMasterKey",
+            pb.RotateMasterKeyRequest(),
+            "vault:admin:llm/",
+            id="rotate-master-key",
+        ),
+        pytest.param(
+            "VerifyAuditLog",
+            pb.VerifyAuditLogRequest(),
+            "audit:read:llm/",
+            id="verify-audit-log",
+        ),
+        pytest.param(
+            "GetStatus", pb.GetStatusRequest(), "vault:status:llm/", id="status"
+        ),
+    ],
+)
+async def test_whole_vault_calls_need_an_unqualified_scope(
+    sqlite_vault: RunningVault, method: str, request_message: object, scope: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sqlite_vault.client.call(method, request_message, scopes=[scope])
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "MISSING_SCOPE"
+
+
+async def test_backup_and_restore_need_an_unqualified_admin_scope(
+    sqlite_vault: RunningVault,
+) -> None:
+    client = sqlite_vault.client
+    metadata = client.metadata(["vault:admin:llm/"])
+    with pytest.raises(grpc.aio.AioRpcError) as backup:
+        stream = client.stub.Backup(pb.BackupRequest(), metadata=metadata, timeout=20)
+        [chunk async for chunk in stream]
+    with pytest.raises(grpc.aio.AioRpcError) as restore:
+        await client.stub.Restore(
+            iter([pb.RestoreRequest(data=b"x", replace_existing=True)]),
+            metadata=metadata,
+            timeout=20,
+        )
+
+    assert backup.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert restore.value.code() == grpc.StatusCode.PERMISSION_DENIED
