@@ -72,7 +72,16 @@ def decode_page_token(
         if data["k"] != kind or data["f"] != json.loads(json.dumps(filters)):
             raise ValueError("token for another listing or other filters")
         return read(data["p"])
-    except (binascii.Error, ValueError, TypeError, KeyError, IndexError):
+    # RecursionError: a forged token of deeply nested JSON (the digest only
+    # catches accidents, anyone can compute it).
+    except (
+        binascii.Error,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        RecursionError,
+    ):
         raise InvalidArgument(
             "page_token",
             "is not a token this listing returned with the same filters",

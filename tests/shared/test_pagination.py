@@ -9,6 +9,7 @@ import pytest
 
 from shared.errors import InvalidArgument
 from shared.pagination import (
+    _digest,
     decode_page_token,
     encode_page_token,
     integer_position,
@@ -104,3 +105,13 @@ def test_single_value_positions_refuse_other_types() -> None:
             decode_page_token(token, read, kind="k")
     assert decode_page_token(encode_page_token("a", kind="k"), text_position, kind="k")
     assert decode_page_token(encode_page_token(3, kind="k"), integer_position, kind="k")
+
+
+def test_forged_token_of_deeply_nested_json_is_invalid_not_internal() -> None:
+    document = b"[" * 100_000 + b"]" * 100_000
+    token = base64.urlsafe_b64encode(_digest(document) + document).decode()
+
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(token, _pair, kind="keys")
+
+    assert caught.value.field == "page_token"
