@@ -49,9 +49,21 @@ class FallbackSecrets:
         if from_file is not None:
             return from_file, "file"
         value = self._environ.get(environment_name(key_id))
-        if value:
-            return value.encode()[: self._max_bytes], "environment"
+        if value and self._fits(key_id, value.encode(), "environment"):
+            return value.encode(), "environment"
         return None
+
+    def _fits(self, key_id: str, value: bytes, source: str) -> bool:
+        # A value cut to the limit would be served as a different secret.
+        if len(value) <= self._max_bytes:
+            return True
+        logger.warning(
+            "fallback secret %s in the %s exceeds %s bytes; not served",
+            key_id,
+            source,
+            self._max_bytes,
+        )
+        return False
 
     def _read_file(self, key_id: str) -> bytes | None:
         if self._directory is None:
@@ -62,7 +74,7 @@ class FallbackSecrets:
             return None
         try:
             with path.open("rb") as file:
-                return file.read(self._max_bytes + 1)[: self._max_bytes]
+                value = file.read(self._max_bytes + 1)
         except OSError as error:
             logger.warning(
                 "cannot read fallback secret file for %s: %s",
@@ -70,3 +82,4 @@ class FallbackSecrets:
                 type(error).__name__,
             )
             return None
+        return value if self._fits(key_id, value, "file") else None

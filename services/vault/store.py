@@ -51,6 +51,8 @@ _AUDIT_ARRAYS = (
     "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
     " %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[]"
 )
+# 11 values each: well under SQLite's default cap of 32766 bound values.
+_SQLITE_EVENTS_PER_STATEMENT = 1000
 # One round trip for a read: the secret and the version asked for (0: latest).
 _READ = (
     f"SELECT {_SECRET_COLUMNS}, {_VERSION_COLUMNS} FROM vault_secrets s"
@@ -366,11 +368,16 @@ class VaultStore:
             )
             return
         row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        await tx.execute(
-            f"INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
-            f" VALUES {', '.join([row] * len(events))}",
-            [value for event in events for value in _audit_params(event)],
-        )
+        # In slices, as SQLite caps the values one statement binds (32766 in
+        # its default build): a spool flush or a batch of large destroys
+        # holds more events than one statement could take.
+        for start in range(0, len(events), _SQLITE_EVENTS_PER_STATEMENT):
+            chunk = events[start : start + _SQLITE_EVENTS_PER_STATEMENT]
+            await tx.execute(
+                f"INSERT INTO vault_audit_events ({_AUDIT_COLUMNS})"
+                f" VALUES {', '.join([row] * len(chunk))}",
+                [value for event in chunk for value in _audit_params(event)],
+            )
         await tx.execute(move_head, (last.sequence, last.hash))
 
     async def audit_events(
@@ -405,6 +412,15 @@ class VaultStore:
         """Every row of every vault table, read in one transaction."""
         tables: dict[str, list[Row]] = {}
         async with self.db.transaction() as tx:
+            if self.db.dialect == "postgres":
+                # One snapshot for every table: under the default READ
+                # COMMITTED each SELECT would see the writes committed before
+                # it, and a chain read before a write that moves the head
+                # would not match the head read after it. (SQLite's
+                # BEGIN IMMEDIATE already keeps writers out.)
+                await tx.execute(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                )
             for table, columns in _TABLES.items():
                 tables[table] = await tx.fetchall(
                     f"SELECT {columns} FROM {table} ORDER BY {columns.split(',')[0]}"

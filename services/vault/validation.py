@@ -26,6 +26,7 @@ MAX_INT64 = 2**63 - 1
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-/]*")
+_DOT_SEGMENTS = frozenset({".", ".."})
 _LABEL_KEY = re.compile(r"[a-z0-9_\-]{1,63}")
 # C0 and C1 controls and DEL; PostgreSQL refuses NUL in text outright.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -40,7 +41,9 @@ def key_id(value: str, field: str = "key_id") -> str:
             f"must be at most {MAX_KEY_ID_LENGTH} characters",
             reason="KEY_ID_TOO_LONG",
         )
-    if not _KEY_ID.fullmatch(value) or value in (".", "..") or "/../" in value:
+    # A "." or ".." segment anywhere would name a path, not a key (a fallback
+    # file, a gateway URL that normalises it away).
+    if not _KEY_ID.fullmatch(value) or _DOT_SEGMENTS & set(value.split("/")):
         raise InvalidArgument(
             field,
             "must be letters, digits, '_', '-', '.' in segments separated by '/'",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -54,6 +56,52 @@ async def test_backup_restores_into_a_new_vault(
     assert (restored.secrets, restored.versions) == (2, 3)
     assert restored.audit_events >= 3
     assert (latest.value, first.value) == (b"sk-2", b"sk-1")
+    assert chain.intact
+
+
+async def test_backup_taken_during_writes_restores_consistently(
+    postgres_url: str,
+    master_key: bytes,
+    tmp_path: Path,
+    issuer: LocalIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_vault(vault_settings(postgres_url, master_key), issuer) as vault:
+        await vault.client.put("k", b"v1")
+        database = vault.runtime.store.db
+        transaction = database.transaction
+        written: list[pb.PutSecretResponse] = []
+
+        @asynccontextmanager
+        async def write_mid_dump() -> AsyncIterator[Any]:
+            # A write commits right after the backup has read the audit
+            # events, before it reads the chain head.
+            async with transaction() as tx:
+                fetchall = tx.fetchall
+
+                async def fetch(sql: str, params: Any = None) -> Any:
+                    rows = await fetchall(sql, params)
+                    if "FROM vault_audit_events ORDER BY" in sql and not written:
+                        written.append(await vault.client.put("k", b"v2"))
+                    return rows
+
+                tx.fetchall = fetch  # type: ignore[method-assign]
+                yield tx
+
+        monkeypatch.setattr(database, "transaction", write_mid_dump)
+        blob = await take_backup(vault)
+        monkeypatch.undo()
+
+    settings = vault_settings(f"sqlite:///{tmp_path / 'fresh.db'}", master_key)
+    async with running_vault(settings, issuer) as fresh:
+        await restore(fresh, blob)
+        after = await fresh.client.put("k", b"v3")
+        chain = await fresh.client.call("VerifyAuditLog", pb.VerifyAuditLogRequest())
+
+    # The snapshot is the vault before that write, whole: its chain and head
+    # agree, and the restored secret goes on from version 1.
+    assert written
+    assert after.version == 2
     assert chain.intact
 
 

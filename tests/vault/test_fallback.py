@@ -85,3 +85,31 @@ async def test_missing_everywhere_is_not_found(fallback_vault: RunningVault) -> 
         await fallback_vault.client.get("llm/nothing")
 
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_fallback_values_over_the_size_limit_are_not_served_cut(
+    sqlite_url: str,
+    master_key: bytes,
+    issuer: LocalIssuer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "certificate").write_bytes(b"x" * 17)
+    monkeypatch.setenv("EMPIRE_VAULT_SECRET_LLM__TOKEN", "y" * 17)
+    settings = vault_settings(
+        sqlite_url,
+        master_key,
+        fallback_dir=tmp_path,
+        fallback_env=True,
+        max_value_bytes=16,
+    )
+
+    answers = []
+    async with running_vault(settings, issuer) as vault:
+        for key_id in ["llm/certificate", "llm/token"]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await vault.client.get(key_id)
+            answers.append(caught.value.code())
+
+    assert answers == [grpc.StatusCode.NOT_FOUND] * 2

@@ -92,6 +92,9 @@ async def test_unknown_version_is_not_found(vault: RunningVault) -> None:
         pytest.param("a//b", "KEY_ID_MALFORMED", id="double-slash"),
         pytest.param("sp ace", "KEY_ID_MALFORMED", id="space"),
         pytest.param("x/../y", "KEY_ID_MALFORMED", id="dot-dot"),
+        pytest.param("../y", "KEY_ID_MALFORMED", id="leading-dot-dot"),
+        pytest.param("x/..", "KEY_ID_MALFORMED", id="trailing-dot-dot"),
+        pytest.param("x/./y", "KEY_ID_MALFORMED", id="dot-segment"),
     ],
 )
 async def test_malformed_key_id_is_invalid(
