@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from services.auth.api_key_format import ParsedApiKey, generate_api_key, parse_api_key
@@ -41,9 +41,11 @@ class ApiKeyManager:
         denylist: Denylist,
         *,
         exchange_ttl_seconds: int,
+        role_scopes: Mapping[str, frozenset[str]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._role_scopes = role_scopes
         self._master_key = master_key
         self._minter = minter
         self._denylist = denylist
@@ -93,12 +95,29 @@ class ApiKeyManager:
         grant = Grant(
             subject=row.subject,
             scopes=scopes or frozenset(row.scopes),
-            roles=row.roles,
+            roles=self._roles_within(row.roles, scopes) if scopes else row.roles,
             audience=audience,
             ttl_seconds=self._exchange_ttl,
             api_key_id=row.api_key_id,
         )
         return await self._minter.issue(grant, self._store)
+
+    def _roles_within(
+        self, roles: tuple[str, ...], scopes: frozenset[str]
+    ) -> tuple[str, ...]:
+        """The key's roles that a narrowed token still wholly holds.
+
+        A token narrowed to `secrets:read` must not claim `admin`: a consumer
+        that grants by role would read it as holding everything.
+        """
+        return tuple(
+            role
+            for role in roles
+            if all(
+                any(covers(held, needed) for held in scopes)
+                for needed in self._role_scopes.get(role, frozenset({"*"}))
+            )
+        )
 
     async def install_bootstrap(self, secret: str) -> bool:
         """Store the configured bootstrap admin key unless it was stored before."""

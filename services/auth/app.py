@@ -87,11 +87,12 @@ async def _assemble(
             + settings.sync_interval_seconds
             + settings.leeway_seconds,
             rotation_interval_seconds=settings.key_rotation_interval_seconds,
+            sync_interval_seconds=settings.sync_interval_seconds,
         ),
         clock=keyring_clock,
     )
     await keyring.start()
-    denylist = Denylist()
+    denylist = Denylist(leeway_seconds=settings.leeway_seconds)
     await denylist.sync(store)
 
     minter = TokenMinter(keyring, settings.issuer)
@@ -120,6 +121,7 @@ async def _assemble(
         minter,
         denylist,
         exchange_ttl_seconds=settings.exchange_token_ttl_seconds,
+        role_scopes=settings.roles,
     )
     maintenance = Maintenance(
         store,

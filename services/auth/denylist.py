@@ -17,8 +17,13 @@ _SYNC_OVERLAP_MS = 60_000
 
 
 class Denylist:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, leeway_seconds: float = 0.0
+    ) -> None:
         self._clock = clock
+        # Verifiers accept a token for their clock leeway past `exp`, so its
+        # revocation must be kept (and synced) that long past it too.
+        self._leeway_ms = int(leeway_seconds * 1000)
         self._revoked: dict[str, int] = {}
         self._watermark_ms = 0
         self.version = 0  # moves whenever the set of revoked ids changes
@@ -42,7 +47,7 @@ class Denylist:
         rows = await queries.revocations_since(since)
         now_ms = int(self._clock() * 1000)
         for token_id, expires_ms, revoked_ms in rows:
-            if expires_ms > now_ms:
+            if expires_ms + self._leeway_ms > now_ms:
                 self._set(token_id, expires_ms)
             self._watermark_ms = max(self._watermark_ms, revoked_ms)
 

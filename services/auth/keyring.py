@@ -45,6 +45,9 @@ class KeyringPolicy:
     retire_after_seconds: float
     rotation_interval_seconds: int
     unknown_kid_reload_seconds: float = 1.0
+    # How late another replica may publish a key this one created (one sync
+    # interval): a JWKS it served without the key is cached from then on.
+    sync_interval_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class SigningKeyRing:
         upcoming, current = self.next, self.current
         if upcoming is None:
             raise FailedPrecondition("no next key is published", reason="NO_NEXT_KEY")
-        promotable_at = upcoming.created_ms + self._policy.jwks_max_age_seconds * 1000
+        promotable_at = self._promotable_at(upcoming)
         if now < promotable_at and not force:
             raise FailedPrecondition(
                 "the next key has not been published for the JWKS cache lifetime yet",
@@ -203,8 +206,14 @@ class SigningKeyRing:
         if not interval or current is None or upcoming is None:
             return False
         activated = current.activated_ms or current.created_ms
-        promotable = upcoming.created_ms + self._policy.jwks_max_age_seconds * 1000
+        promotable = self._promotable_at(upcoming)
         return activated + interval * 1000 <= now and promotable <= now
+
+    def _promotable_at(self, upcoming: SigningKey) -> int:
+        """When every JWKS cached anywhere holds `upcoming`: every replica has
+        published it, and a set any of them served without it has expired."""
+        lead = self._policy.jwks_max_age_seconds + self._policy.sync_interval_seconds
+        return upcoming.created_ms + int(lead * 1000)
 
     async def _ensure_signing_keys(self) -> None:
         now = self._now_ms()

@@ -19,7 +19,7 @@ from services.auth.denylist import Denylist
 from services.auth.secrets_box import MasterKey
 from services.auth.store import AuthQueries, AuthStore, FamilyRow, RefreshTokenRow
 from services.auth.tokens import Grant, MintedToken, TokenMinter
-from shared.errors import Unauthenticated
+from shared.errors import InvalidArgument, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,22 @@ class RefreshFamilies:
         return outcome.result
 
     async def revoke(self, refresh_token: str) -> tuple[str, list[str]]:
-        """Revoke the family of `refresh_token`; its family id and revoked token ids."""
-        found = await _find(self._store, self._hashes(refresh_token))
-        row = None if found is None else found[1]
-        if row is None:
-            raise Unauthenticated(
-                "the refresh token is not valid", reason="REFRESH_TOKEN_INVALID"
+        """Revoke the family of `refresh_token`; its family id and revoked token ids.
+
+        Here the token is an argument, not the caller's credential: one this
+        service never issued is a bad field (as for an access token), not a
+        failed authentication.
+        """
+        found = None
+        if _REFRESH_TOKEN.match(refresh_token):
+            found = await _find(self._store, self._hashes(refresh_token))
+        if found is None:
+            raise InvalidArgument(
+                "refresh_token",
+                "not a refresh token this service issued",
+                reason="REFRESH_TOKEN_INVALID",
             )
+        row = found[1]
         async with self._store.transaction() as tx:
             revoked = await self._revoke_family(tx, row.family_id, self._now_ms())
         self._denylist.add(revoked)

@@ -98,7 +98,11 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Any) -> Any:
         target = request.WhichOneof("target")
         if target == "access_token":
-            token = validation.require_credential(request.access_token, "access_token")
+            token = validation.require_credential(
+                request.access_token,
+                "access_token",
+                validation.MAX_ACCESS_TOKEN_CHARS,
+            )
             token_id = await self.components.revoker.revoke_token(token)
             return pb.RevokeTokenResponse(revoked_token_ids=[token_id])
         if target == "token_id":

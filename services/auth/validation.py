@@ -11,12 +11,16 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from services.auth.tokens import RESERVED_CLAIMS
 from shared import pagination
+from shared.authn import MAX_TOKEN_BYTES
 from shared.errors import InvalidArgument
 
 MAX_SUBJECT_CHARS = 256
 MAX_DISPLAY_NAME_CHARS = 128
 MAX_CLAIMS_BYTES = 4096
 MAX_CREDENTIAL_CHARS = 512
+# An access token may carry up to MAX_CLAIMS_BYTES of claims, and an RS256
+# signature alone is 342 characters: bound it as the verifiers do.
+MAX_ACCESS_TOKEN_CHARS = MAX_TOKEN_BYTES
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -35,12 +39,14 @@ def check_text(value: str, field: str, max_chars: int) -> str:
     return value
 
 
-def require_credential(value: str, field: str) -> str:
+def require_credential(
+    value: str, field: str, max_chars: int = MAX_CREDENTIAL_CHARS
+) -> str:
     """A token or key: present and bounded; never echoed in the error."""
     if not value:
         raise InvalidArgument(field, "required")
-    if len(value) > MAX_CREDENTIAL_CHARS:
-        raise InvalidArgument(field, f"at most {MAX_CREDENTIAL_CHARS} characters")
+    if len(value) > max_chars:
+        raise InvalidArgument(field, f"at most {max_chars} characters")
     return value
 
 

@@ -103,6 +103,20 @@ async def test_exchange_can_narrow_but_not_widen(auth: AuthUnderTest) -> None:
     assert error_info(raised.value).reason == "SCOPE_EXCEEDS_API_KEY"
 
 
+async def test_narrowed_exchange_keeps_only_the_roles_it_still_holds(
+    auth: AuthUnderTest,
+) -> None:
+    created = await _create(auth, roles=["admin"])
+
+    whole = await auth.verify((await _exchange(auth, created.secret)).access_token)
+    narrowed = await _exchange(auth, created.secret, scopes=["secrets:read"])
+    verdict = await auth.verify(narrowed.access_token)
+
+    assert list(whole.roles) == ["admin"]
+    assert list(verdict.scopes) == ["secrets:read"]
+    assert list(verdict.roles) == []
+
+
 async def test_bad_keys_are_refused_without_saying_why_beyond_invalid(
     auth: AuthUnderTest,
 ) -> None:

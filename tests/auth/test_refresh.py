@@ -126,3 +126,20 @@ async def test_revoking_a_refresh_token_revokes_its_family(auth: AuthUnderTest) 
     assert set(revoked.revoked_token_ids) == {issued.token_id, child.token_id}
     assert await _refused(auth, child.refresh_token) == "REFRESH_TOKEN_REVOKED"
     assert (await auth.verify(child.access_token)).reason == Reason.REVOKED
+
+
+@pytest.mark.parametrize(
+    "refresh_token", ["not-a-refresh-token", "esr_" + "A" * 43], ids=["bad", "unknown"]
+)
+async def test_revoking_a_refresh_token_never_issued_is_a_bad_field(
+    auth: AuthUnderTest, refresh_token: str
+) -> None:
+    # The caller's bearer token is fine: UNAUTHENTICATED would blame it.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.stub.RevokeToken(
+            pb.RevokeTokenRequest(refresh_token=refresh_token),
+            metadata=auth.as_admin(),
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(raised.value).reason == "REFRESH_TOKEN_INVALID"
+    assert bad_request(raised.value).field_violations[0].field == "refresh_token"

@@ -9,7 +9,7 @@ import time
 import aiohttp
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from empire.auth.v1 import auth_service_pb2 as pb
 from empire.echo.v1 import echo_service_pb2 as echo_pb
@@ -50,6 +50,24 @@ async def test_revoke_by_token_id(auth: AuthUnderTest) -> None:
     await _revoke(auth, token_id=issued.token_id)
 
     assert (await auth.verify(issued.access_token)).reason == Reason.REVOKED
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "EdDSA"])
+async def test_revoke_by_token_takes_any_token_the_service_issued(
+    sqlite_url: str, algorithm: str
+) -> None:
+    # An RS256 signature alone is 342 characters; claims add up to 4 KiB.
+    claims = struct_pb2.Struct()
+    claims.update({"team": "t" * 2000})
+    async with running_auth(
+        auth_settings(sqlite_url, AUTH_KEY_ALGORITHM=algorithm)
+    ) as auth:
+        issued = await auth.issue(scopes=["secrets:read"], claims=claims)
+
+        revoked = await _revoke(auth, access_token=issued.access_token)
+
+        assert list(revoked.revoked_token_ids) == [issued.token_id]
+        assert (await auth.verify(issued.access_token)).reason == Reason.REVOKED
 
 
 async def test_revoking_an_unknown_id_is_not_found(auth: AuthUnderTest) -> None:
@@ -94,6 +112,24 @@ async def test_denylist_is_pruned_only_after_expiry(auth: AuthUnderTest) -> None
     assert await store.revocations_since(0) == []
     assert not denylist.is_revoked(issued.token_id)
     assert await store.issued_expiry(issued.token_id) is None
+
+
+async def test_a_replica_syncing_within_the_leeway_still_denies(
+    database_url: str,
+) -> None:
+    """Verifiers accept a token `leeway` past `exp`; so must its revocation last."""
+    settings = auth_settings(database_url, AUTH_MIN_TOKEN_TTL_SECONDS="1")
+    assert settings.leeway_seconds >= 30  # far more than this test takes
+    async with running_auth(settings) as first, running_auth(settings) as second:
+        issued = await first.issue(ttl=duration_pb2.Duration(seconds=1))
+        await _revoke(first, token_id=issued.token_id)
+        while time.time() <= issued.expire_time.seconds:
+            await asyncio.sleep(0.05)
+
+        # The other replica syncs once the token is past `exp`, in the leeway.
+        await second.components.maintenance.run_once()
+
+        assert (await second.verify(issued.access_token)).reason == Reason.REVOKED
 
 
 async def test_maintenance_pass_prunes_the_denylist_and_store_after_expiry(

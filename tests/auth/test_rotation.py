@@ -18,6 +18,7 @@ from services.auth.app import create_service
 from services.auth.jwks_http import JWKS_PATH
 from services.auth.keyring import SigningKeyRing
 from services.auth.secrets_box import MasterKey
+from services.auth.settings import AuthSettings
 from services.auth.signing_keys import private_key_bytes
 from services.auth.store import AuthStore
 from shared.authn import HttpJwksSource, JwksTokenVerifier
@@ -66,6 +67,12 @@ async def _states(auth: AuthUnderTest) -> dict[str, int]:
     return {key.key_id: key.state for key in listing.signing_keys}
 
 
+def _publication_lead(settings: AuthSettings) -> float:
+    """How long a next key is published before it may sign: until every
+    replica published it and any key set served without it has expired."""
+    return settings.jwks_max_age_seconds + settings.sync_interval_seconds
+
+
 async def _rotate(
     auth: AuthUnderTest, force: bool = False
 ) -> pb.RotateSigningKeyResponse:
@@ -109,7 +116,7 @@ async def test_rotation_waits_until_the_next_key_outlived_jwks_caches(
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(raised.value).reason == "NEXT_KEY_TOO_NEW"
 
-    clock.advance(auth.settings.jwks_max_age_seconds)
+    clock.advance(_publication_lead(auth.settings))
     rotation = await _rotate(auth)
 
     states = await _states(auth)
@@ -117,6 +124,35 @@ async def test_rotation_waits_until_the_next_key_outlived_jwks_caches(
     assert states[rotation.previous_key.key_id] == State.RETIRING
     assert states[rotation.next_key.key_id] == State.NEXT
     assert (await auth.issue()).key_id == rotation.current_key.key_id
+
+
+async def test_a_key_signs_only_once_no_replicas_cached_key_set_lacks_it(
+    database_url: str, clock: FakeClock
+) -> None:
+    settings = auth_settings(database_url)
+    async with (
+        running_auth(settings, keyring_clock=clock) as first,
+        running_auth(settings, keyring_clock=clock) as second,
+    ):
+        clock.advance(_publication_lead(settings))
+        fresh = (await _rotate(first)).next_key.key_id
+
+        # The other replica has not synced yet: a gateway fetching from it now
+        # caches a key set without the fresh key for the JWKS max-age.
+        clock.advance(1)
+        _, served, _ = await _fetch_jwks(second)
+        assert fresh not in {key["kid"] for key in served["keys"]}
+        cached_until = clock.now + settings.jwks_max_age_seconds
+        await second.components.maintenance.run_once()
+
+        clock.advance(settings.jwks_max_age_seconds - 1)
+        assert clock.now < cached_until
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await _rotate(first)
+        assert error_info(raised.value).reason == "NEXT_KEY_TOO_NEW"
+
+        clock.advance(settings.sync_interval_seconds)
+        assert (await _rotate(first)).current_key.key_id == fresh
 
 
 async def test_rotation_end_to_end_through_another_services_interceptor(
@@ -144,7 +180,7 @@ async def test_rotation_end_to_end_through_another_services_interceptor(
             old_key = auth.components.keyring.current
             assert old_key.private_key is not None
 
-            clock.advance(auth.settings.jwks_max_age_seconds)
+            clock.advance(_publication_lead(auth.settings))
             during = (await auth.issue("during", scopes=["echo:call"])).access_token
             await _rotate(auth)
             after = (await auth.issue("after", scopes=["echo:call"])).access_token
@@ -243,7 +279,7 @@ async def test_concurrent_rotations_on_two_replicas_promote_once(
     settings = auth_settings(database_url)
     async with running_auth(settings, keyring_clock=clock) as first:
         async with running_auth(settings, keyring_clock=clock) as second:
-            clock.advance(settings.jwks_max_age_seconds)
+            clock.advance(_publication_lead(settings))
             rotated = await _rotate(first)
 
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -290,13 +326,13 @@ async def test_keys_survive_a_restart_and_are_stored_sealed(sqlite_url: str) -> 
 async def test_rotation_to_another_algorithm(
     auth: AuthUnderTest, clock: FakeClock
 ) -> None:
-    clock.advance(60)
+    clock.advance(_publication_lead(auth.settings))
     rotation = await auth.stub.RotateSigningKey(
         pb.RotateSigningKeyRequest(algorithm=pb.ES256), metadata=auth.as_admin()
     )
     assert rotation.next_key.algorithm == pb.ES256
 
-    clock.advance(60)
+    clock.advance(_publication_lead(auth.settings))
     await _rotate(auth)
     issued = await auth.issue()
     verdict = await auth.verify(issued.access_token)
@@ -307,7 +343,7 @@ async def test_listing_signing_keys_pages(
     auth: AuthUnderTest, clock: FakeClock
 ) -> None:
     for _ in range(3):
-        clock.advance(60)
+        clock.advance(_publication_lead(auth.settings))
         await _rotate(auth)
 
     seen: list[str] = []
