@@ -22,8 +22,9 @@ Responses are kept per caller: unless a method is marked `shared`, its cache
 key ends with a digest of who calls, read from the call's outgoing bearer
 token (the token's verified subject when the ResponseCache has a verifier, so
 a caller's fresh tokens share entries; otherwise the token itself). A call
-whose token does not verify skips the cache. Mark a method `shared` only when
-its responses do not depend on the caller.
+whose token does not verify, or whose credentials are not a bearer token,
+skips the cache. Mark a method `shared` only when its responses do not depend
+on the caller.
 """
 
 from __future__ import annotations
@@ -165,6 +166,10 @@ class ResponseCache:
         """A digest naming who calls; None when its token does not verify."""
         token = bearer_token(metadata)
         if token is None:
+            # Credentials of another scheme (Basic, ...) name a caller the
+            # helper cannot tell apart: sharing "anonymous" would leak.
+            if any(name == "authorization" for name, _ in metadata or ()):
+                return None
             return "anonymous"
         if self._verifier is None:
             return _digest("token", token)

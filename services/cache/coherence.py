@@ -113,11 +113,11 @@ def decode(message: str) -> tuple[str, Event] | None:
         return origin, Acknowledged(ack_id)
     elif kind == "S":
         parts = rest.split(SEPARATOR, 2)
-        if len(parts) == 3 and parts[1].isdigit():
+        if len(parts) == 3 and parts[1].isdecimal():
             return parts[0], Stored(parts[2], int(parts[1]))
     elif kind == "M":
         parts = rest.split(SEPARATOR, 3)
-        if len(parts) == 4 and parts[1].isdigit():
+        if len(parts) == 4 and parts[1].isdecimal():
             origin, first, route_id, keys = parts
             return origin, StoredMany(route_id, int(first), tuple(keys.split("\x1e")))
     elif kind == "C":

@@ -455,10 +455,16 @@ class CacheEngine:
 
     def _verifiable_locally(self, write: _Write, token: LeaseToken) -> bool:
         """True when this replica can vouch for a shared lease without Redis:
-        it granted it and heard of no invalidation reaching the key since."""
-        return token.replica_id == self.replica_id and not self._log.voids(
+        it granted it. Raises Aborted, as Redis would, when it heard of an
+        invalidation reaching the key since."""
+        if token.replica_id != self.replica_id:
+            return False
+        if self._log.voids(
             token.local_seq, write.route.route_id, write.key, write.tags
-        )
+        ):
+            self.stats.record_event(write.route.route_id, "voided_store")
+            raise _lease_voided()
+        return True
 
     def _check_local_lease(self, write: _Write, token: LeaseToken) -> None:
         if not self._leases.release(write.ident, token.text):

@@ -78,11 +78,9 @@ local ttl = tonumber(ARGV[9])
 local old = redis.call('HMGET', KEYS[1], 'h', 'd', 't')
 if ARGV[10] == '1' and old[1] then
   local prev = tonumber(old[2])
-  if old[1] == ARGV[13] then
-    ttl = math.min(tonumber(ARGV[12]), prev * 2)
-  else
-    ttl = math.max(tonumber(ARGV[11]), math.floor(prev / 2))
-  end
+  if old[1] == ARGV[13] then ttl = prev * 2 else ttl = math.floor(prev / 2) end
+  -- Clamped both ways: prev may lie outside the bounds (a TTL override).
+  ttl = math.min(tonumber(ARGV[12]), math.max(tonumber(ARGV[11]), ttl))
 end
 if old[3] then
   for t in string.gmatch(old[3], '[^\\31]+') do

@@ -85,9 +85,10 @@ class Route:
 
 def adapt_ttl(previous_ttl: int, value_changed: bool, route: Route) -> int:
     """The next TTL of a DYNAMIC key: doubled while the value holds, else halved."""
-    if value_changed:
-        return max(route.min_ttl_seconds, previous_ttl // 2)
-    return min(route.max_ttl_seconds, previous_ttl * 2)
+    ttl = previous_ttl // 2 if value_changed else previous_ttl * 2
+    # Clamped both ways: the previous TTL may lie outside the bounds (a store
+    # with a TTL override, or bounds changed since).
+    return min(route.max_ttl_seconds, max(route.min_ttl_seconds, ttl))
 
 
 def split_pattern(pattern: str) -> tuple[str, ...]:

@@ -197,7 +197,11 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             route_ids = [validate_route_id(request.route_id)]
             await engine.routes.resolve(route_ids[0])
         else:
-            route_ids = engine.stats.route_ids()
+            # Every configured route too: its shared entries count even on a
+            # replica that has not served it yet.
+            route_ids = sorted(
+                set(engine.stats.route_ids()) | set(engine.routes.route_ids())
+            )
         routes = []
         for route_id in route_ids:
             entries, size = engine.route_usage(route_id)

@@ -389,6 +389,11 @@ class RedisTier:
                 logger.warning(
                     "cache invalidation subscription lost: %s", type(error).__name__
                 )
+            except Exception:
+                # A bug or a message no replica sent must not end the listener
+                # silently: this replica would stop hearing invalidations.
+                # Treated as a lost subscription, so L1 is dropped on return.
+                logger.exception("cache invalidation listener failed; resubscribing")
             finally:
                 with contextlib.suppress(*REDIS_FAILURES):
                     await asyncio.wait_for(pubsub.aclose(), self._timeout_s)
@@ -425,7 +430,7 @@ class RedisTier:
             if message is None:
                 continue
             if message["type"] == "message":
-                on_message(message["data"].decode())
+                on_message(message["data"].decode(errors="replace"))
             elif message["type"] == "pong":
                 last_pong = time.monotonic()
 

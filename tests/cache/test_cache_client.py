@@ -233,6 +233,25 @@ async def test_callers_with_different_tokens_never_get_each_others_response(
     assert origin.calls == 2  # each caller's second call was a hit
 
 
+async def test_callers_with_credentials_other_than_a_bearer_token_skip_the_cache(
+    sqlite_cache_url, issuer
+):
+    async with (
+        running_cache(cache_settings(sqlite_cache_url), issuer) as cache,
+        origin_server() as (origin, target),
+        cached_stub(cache, target) as stub,
+    ):
+        await put_route(cache, route_id="health_checks")
+        alice = await stub.Check(
+            check(), metadata=[("authorization", "Basic YWxpY2U=")]
+        )
+        origin.status = NOT_SERVING  # what the origin tells bob
+        bob = await stub.Check(check(), metadata=[("authorization", "Basic Ym9i")])
+
+    assert (alice.status, bob.status) == (SERVING, NOT_SERVING)
+    assert origin.calls == 2
+
+
 async def test_with_a_verifier_entries_follow_the_subject_not_the_token(
     sqlite_cache_url, issuer
 ):

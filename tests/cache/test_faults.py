@@ -219,3 +219,37 @@ async def test_stalled_redis_costs_callers_no_errors(
     # L1 was dropped on reconnect; the stalled store may have landed later.
     assert recovered.tier != pb.CACHE_TIER_L1
     assert shared.value == b"v3"
+
+
+async def test_store_with_a_lease_voided_before_a_cut_is_refused_as_voided(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url, redis_url=proxy.url_for(redis_url), redis_prefix=redis_prefix
+    )
+    async with running_cache(settings, issuer) as a:
+        await wait_for_shared_tier(a, True)
+        await put_route(a)
+        lease = await a.Lookup(
+            pb.LookupRequest(route_id="api_offers", key="k1", request_lease=True)
+        )
+        await a.Invalidate(invalidate("k1"))
+        proxy.cut()
+        await wait_for_shared_tier(a, False)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.Store(
+                pb.StoreRequest(
+                    route_id="api_offers",
+                    key="k1",
+                    value=b"old",
+                    lease_token=lease.lease_token,
+                )
+            )
+        stats = await a.GetStats(pb.GetStatsRequest(route_id="api_offers"))
+        proxy.restore()
+
+    assert lease.lease_token
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(refused.value).reason == "LEASE_VOIDED"
+    assert stats.overall.voided_stores == 1

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from empire.cache.v1 import cache_service_pb2 as pb
 from services.cache.route_registry import RouteRegistry
@@ -67,6 +68,31 @@ async def test_invalidation_on_one_replica_is_seen_by_the_others_next_lookup(
         after = await b.Lookup(lookup("/api/offers/1"))
 
     assert (warm.tier, again.tier) == (pb.CACHE_TIER_L2, pb.CACHE_TIER_L1)
+    assert after.result == MISS
+
+
+async def test_garbage_on_the_channel_does_not_end_coherence(
+    sqlite_cache_url, redis_url, redis_prefix, issuer
+):
+    """Messages no replica sent (bad UTF-8, a digit int() cannot read) are
+    passed over; invalidations that follow still reach the other replica."""
+    async with replicas(2, sqlite_cache_url, redis_url, redis_prefix, issuer) as (a, b):
+        await put_route(a)
+        await a.Store(store("/api/offers/1", b"v1"))
+        await b.Lookup(lookup("/api/offers/1"))
+        assert (await b.Lookup(lookup("/api/offers/1"))).tier == pb.CACHE_TIER_L1
+        raw = aioredis.Redis.from_url(redis_url)
+        try:
+            for garbage in (b"\xff\xfe", "S\x1fx\x1f\u00b2\x1fk".encode()):
+                await raw.publish(redis_prefix + "events", garbage)
+        finally:
+            await raw.aclose()
+        await a.Store(store("/api/offers/1", b"v2"))
+        await a.Invalidate(
+            pb.InvalidateRequest(route_id="api_offers", key="/api/offers/1")
+        )
+        after = await b.Lookup(lookup("/api/offers/1"))
+
     assert after.result == MISS
 
 
@@ -364,6 +390,40 @@ async def test_dynamic_ttl_adapts_in_the_shared_tier(
             ttls.append((await client.Store(store("k", value))).ttl_seconds)
 
     assert ttls == [100, 200, 300, 150]
+
+
+async def test_dynamic_ttl_in_the_shared_tier_stays_within_its_bounds(
+    sqlite_cache_url, redis_url, redis_prefix, issuer
+):
+    async with replicas(1, sqlite_cache_url, redis_url, redis_prefix, issuer) as (a,):
+        await put_route(
+            a,
+            policy=pb.CACHE_POLICY_DYNAMIC,
+            ttl_seconds=100,
+            min_ttl_seconds=10,
+            max_ttl_seconds=300,
+        )
+        await a.Store(store("long", b"x", ttl_seconds=10_000))
+        await a.Store(store("short", b"x", ttl_seconds=1))
+        halved = await a.Store(store("long", b"y"))
+        doubled = await a.Store(store("short", b"x"))
+
+    assert (halved.ttl_seconds, doubled.ttl_seconds) == (300, 10)
+
+
+async def test_stats_count_shared_entries_of_routes_this_replica_never_served(
+    sqlite_cache_url, redis_url, redis_prefix, issuer
+):
+    async with replicas(2, sqlite_cache_url, redis_url, redis_prefix, issuer) as (a, b):
+        await put_route(a)
+        await a.Store(store("k", b"v"))
+        await b.GetRouteConfig(pb.GetRouteConfigRequest(route_id="api_offers"))
+        stats = await b.GetStats(pb.GetStatsRequest())
+
+    assert stats.overall.shared_entries == 1
+    assert [(r.route_id, r.stats.shared_entries) for r in stats.routes] == [
+        ("api_offers", 1)
+    ]
 
 
 async def test_expired_entries_are_pruned_from_route_and_tag_indexes(

@@ -196,6 +196,25 @@ async def test_dynamic_ttl_grows_while_the_value_holds_and_shrinks_on_change(
     assert ttls == [100, 200, 300, 300, 150, 75]
 
 
+async def test_dynamic_ttl_stays_within_its_bounds_after_an_override(
+    sqlite_cache_url, issuer
+):
+    async with running_cache(cache_settings(sqlite_cache_url), issuer) as client:
+        await put_route(
+            client,
+            policy=pb.CACHE_POLICY_DYNAMIC,
+            ttl_seconds=100,
+            min_ttl_seconds=10,
+            max_ttl_seconds=300,
+        )
+        await client.Store(store("long", b"a", ttl_seconds=10_000))
+        await client.Store(store("short", b"a", ttl_seconds=1))
+        halved = await client.Store(store("long", b"b"))
+        doubled = await client.Store(store("short", b"a"))
+
+    assert (halved.ttl_seconds, doubled.ttl_seconds) == (300, 10)
+
+
 async def test_embedded_stampede_elects_one_filler(sqlite_cache_url, issuer):
     async with running_cache(cache_settings(sqlite_cache_url), issuer) as client:
         await put_route(client)
