@@ -278,4 +278,9 @@ def _shorten(reason: str) -> str:
     reason = " ".join(reason.split())
     if len(reason) <= MAX_REASON_CHARS:
         return reason
-    return reason[: MAX_REASON_CHARS - 1] + "…"
+    # Cut between words: half a word quoted from the prompt (a pasted key)
+    # would no longer match the prompt's words, and would escape redaction.
+    # With no space to cut at, nothing of it is kept (the caller gets this
+    # service's own text instead).
+    cut = reason.rfind(" ", 0, MAX_REASON_CHARS)
+    return reason[:cut] + "…" if cut > 0 else ""

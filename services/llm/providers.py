@@ -11,13 +11,15 @@ answer never passes for a complete one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
 import httpx2
 import openai
 
+from services.llm.failures import classify
 from services.llm.models import (
     ChatMessage,
     Completion,
@@ -36,6 +38,9 @@ StreamEvent = TextDelta | StreamEnd
 # sentinel before calling the answer complete anyway.
 END_GRACE_SECONDS = 1.0
 NO_KEY = "none"  # local endpoints take no key, but the SDKs insist on one
+# More tokens than any one answer has; a larger count is garbage, and would
+# overflow the usage columns and the contract's int64.
+MAX_TOKEN_COUNT = 10**12
 
 _OPENAI_FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -85,6 +90,12 @@ class ProviderClient:
             return await asyncio.wait_for(iterator.__anext__(), self._end_grace)
         except (StopAsyncIteration, TimeoutError):
             return None
+        except Exception as error:
+            if finished and classify(error).error_class is ErrorClass.CONNECTION:
+                # The answer is whole: the connection went with only the end
+                # sentinel or the trailing usage, as when they never come.
+                return None
+            raise
 
 
 def create_client(provider: ProviderConfig, api_key: str | None) -> ProviderClient:
@@ -98,6 +109,48 @@ def _unfinished_stream() -> ProviderFailure:
     return ProviderFailure(
         ErrorClass.MALFORMED_RESPONSE, "the stream ended before the answer finished"
     )
+
+
+@contextlib.contextmanager
+def _reading_answer() -> Iterator[None]:
+    """Reads what the provider sent; a wrong shape is a malformed response.
+
+    The SDKs build their response models without validating them, so a
+    missing object or a value of the wrong type only fails when it is read.
+    Only reads of provider data go inside, never a yield.
+    """
+    try:
+        yield
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise ProviderFailure(
+            ErrorClass.MALFORMED_RESPONSE,
+            "the provider sent an answer of the wrong shape",
+        ) from None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("answer text is not a string")
+    return value
+
+
+def _tokens(value: Any) -> int:
+    """A token count; none given is 0, never garbage to bill or store."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("a token count is not an integer")
+    if not 0 <= value <= MAX_TOKEN_COUNT:
+        raise TypeError("a token count is out of range")
+    return value
+
+
+def _openai_usage(usage: Any) -> tuple[int, int] | None:
+    if usage is None:
+        return None
+    return _tokens(usage.prompt_tokens), _tokens(usage.completion_tokens)
 
 
 def _sdk_options(provider: ProviderConfig, api_key: str | None) -> dict[str, Any]:
@@ -147,18 +200,16 @@ class OpenAIClient(ProviderClient):
 
     async def complete(self, request: CompletionRequest) -> Completion:
         response = await self._sdk.chat.completions.create(**self._arguments(request))
-        if not response.choices:
-            raise ProviderFailure(
-                ErrorClass.MALFORMED_RESPONSE, "the provider sent no choices"
-            )
-        choice = response.choices[0]
-        usage = response.usage
-        return Completion(
-            text=choice.message.content or "",
-            finish_reason=_OPENAI_FINISH.get(choice.finish_reason or "", "unspecified"),
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-        )
+        with _reading_answer():
+            if not response.choices:
+                raise ProviderFailure(
+                    ErrorClass.MALFORMED_RESPONSE, "the provider sent no choices"
+                )
+            choice = response.choices[0]
+            text = _text(choice.message.content)
+            finish = _OPENAI_FINISH.get(choice.finish_reason or "", "unspecified")
+            input_tokens, output_tokens = _openai_usage(response.usage) or (0, 0)
+        return Completion(text, finish, input_tokens, output_tokens)
 
     async def stream(
         self, request: CompletionRequest
@@ -169,23 +220,21 @@ class OpenAIClient(ProviderClient):
             stream_options={"include_usage": True},
         )
         finish: FinishReason | None = None
-        usage: Any = None
+        usage: tuple[int, int] | None = None
         chunks = 0
         iterator = stream.__aiter__()
         try:
             while (
                 chunk := await self._next_event(iterator, finish is not None)
             ) is not None:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                if choice.delta is not None and choice.delta.content:
+                text, reason, chunk_usage = _read_chunk(chunk)
+                if chunk_usage is not None:
+                    usage = chunk_usage
+                if text:
                     chunks += 1
-                    yield TextDelta(choice.delta.content)
-                if choice.finish_reason is not None:
-                    finish = _OPENAI_FINISH.get(choice.finish_reason, "unspecified")
+                    yield TextDelta(text)
+                if reason is not None:
+                    finish = reason
         finally:
             await stream.close()
 
@@ -193,12 +242,25 @@ class OpenAIClient(ProviderClient):
             raise _unfinished_stream()
         yield StreamEnd(
             finish,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else chunks,
+            input_tokens=usage[0] if usage else 0,
+            output_tokens=usage[1] if usage else chunks,
         )
 
     async def aclose(self) -> None:
         await self._sdk.close()
+
+
+def _read_chunk(chunk: Any) -> tuple[str, FinishReason | None, tuple[int, int] | None]:
+    """The text, finish reason and usage of one OpenAI stream chunk."""
+    with _reading_answer():
+        usage = _openai_usage(chunk.usage)
+        if not chunk.choices:
+            return "", None, usage
+        choice = chunk.choices[0]
+        text = _text(choice.delta.content) if choice.delta is not None else ""
+        reason = choice.finish_reason
+        finish = None if reason is None else _OPENAI_FINISH.get(reason, "unspecified")
+        return text, finish, usage
 
 
 class AnthropicClient(ProviderClient):
@@ -228,19 +290,17 @@ class AnthropicClient(ProviderClient):
 
     async def complete(self, request: CompletionRequest) -> Completion:
         message = await self._sdk.messages.create(**self._arguments(request))
-        text = "".join(
-            block.text
-            for block in message.content
-            if getattr(block, "type", "") == "text"
-        )
-        return Completion(
-            text=text,
-            finish_reason=_ANTHROPIC_FINISH.get(
-                message.stop_reason or "", "unspecified"
-            ),
-            input_tokens=message.usage.input_tokens,
-            output_tokens=message.usage.output_tokens,
-        )
+        with _reading_answer():
+            text = "".join(
+                _text(block.text)
+                for block in message.content
+                if getattr(block, "type", "") == "text"
+            )
+            finish = _ANTHROPIC_FINISH.get(message.stop_reason or "", "unspecified")
+            usage = message.usage
+            input_tokens = _tokens(usage.input_tokens) if usage else 0
+            output_tokens = _tokens(usage.output_tokens) if usage else 0
+        return Completion(text, finish, input_tokens, output_tokens)
 
     async def stream(
         self, request: CompletionRequest
@@ -255,17 +315,20 @@ class AnthropicClient(ProviderClient):
             while (
                 event := await self._next_event(iterator, finish is not None)
             ) is not None:
-                if event.type == "message_start":
-                    input_tokens = event.message.usage.input_tokens
-                elif event.type == "content_block_delta":
-                    text = getattr(event.delta, "text", None)
-                    if text:
-                        yield TextDelta(text)
-                elif event.type == "message_delta":
-                    output_tokens = event.usage.output_tokens
-                    reason = event.delta.stop_reason or ""
-                    finish = _ANTHROPIC_FINISH.get(reason, "unspecified")
-                elif event.type == "message_stop":
+                with _reading_answer():
+                    kind = event.type
+                    text = ""
+                    if kind == "message_start":
+                        input_tokens = _tokens(event.message.usage.input_tokens)
+                    elif kind == "content_block_delta":
+                        text = _text(getattr(event.delta, "text", None))
+                    elif kind == "message_delta":
+                        output_tokens = _tokens(event.usage.output_tokens)
+                        reason = event.delta.stop_reason or ""
+                        finish = _ANTHROPIC_FINISH.get(reason, "unspecified")
+                if text:
+                    yield TextDelta(text)
+                elif kind == "message_stop":
                     break
         finally:
             await stream.close()

@@ -198,7 +198,9 @@ class ProviderRouter:
                     client = await self.pool.client_for(provider)
                     completion = await client.complete(run.request)
             except Exception as error:
-                failure = self._failure_of(error, timer, run, ErrorClass.TIMEOUT)
+                failure = self._failure_of(
+                    error, timer, run, ErrorClass.TIMEOUT, provider, admission
+                )
                 self._settle_failure(run, provider, admission, failure, started)
                 continue
             except asyncio.CancelledError:
@@ -246,7 +248,9 @@ class ProviderRouter:
                             )
             except Exception as error:
                 silent = ErrorClass.STREAM_STALLED if texts else ErrorClass.TIMEOUT
-                failure = self._failure_of(error, timer, run, silent)
+                failure = self._failure_of(
+                    error, timer, run, silent, provider, admission
+                )
                 attempt = self._settle_failure(
                     run, provider, admission, failure, started
                 )
@@ -333,6 +337,8 @@ class ProviderRouter:
         timer: asyncio.Timeout,
         run: RequestRun,
         silent: ErrorClass,
+        provider: ProviderConfig,
+        admission: Admission,
     ) -> ProviderFailure:
         if timer.expired():
             if asyncio.get_running_loop().time() >= run.deadline - 0.001:
@@ -342,9 +348,17 @@ class ProviderRouter:
             if silent is ErrorClass.STREAM_STALLED:
                 return ProviderFailure(silent, "the stream stalled")
             return ProviderFailure(silent, "the provider did not answer in time")
+        try:
+            failure = classify(error)
+        except Exception:
+            # A bug of this service, not a provider failure: INTERNAL for the
+            # caller, no verdict on the provider, and the circuit's probe slot
+            # freed, or the provider would stay half-open for good.
+            self.health.get(provider.provider_id).breaker.release(admission)
+            raise
         # Before the failure is logged, shown in health or sent to the caller.
         prompt = (message.content for message in run.request.messages)
-        return redact_failure(classify(error), prompt)
+        return redact_failure(failure, prompt)
 
     def _settle_failure(
         self,

@@ -45,6 +45,7 @@ class Fault:
     error_type: str = ""
     message: str = ""
     code: int | str | None = None
+    payload: Any = None
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
@@ -140,10 +141,18 @@ def invalid_json_mid_stream(after_chunks: int = 2) -> Fault:
     return Fault("invalid_json", after_chunks=after_chunks)
 
 
-def no_done(hold_open: bool = False) -> Fault:
+def wrong_shape(payload: Any, after_chunks: int = 0) -> Fault:
+    """Valid JSON of the wrong shape (a field of the wrong type, a missing
+    object): in a stream, `payload` as one event after `after_chunks` pieces of
+    text, then the rest; for a plain request, `payload` as the whole answer."""
+    return Fault("wrong_shape", after_chunks=after_chunks, payload=payload)
+
+
+def no_done(hold_open: bool = False, reset: bool = False) -> Fault:
     """Send the whole answer but not the final sentinel (`[DONE]`, `message_stop`);
-    then close the connection, or keep it open when `hold_open`."""
-    return Fault("no_done", hold_open=hold_open)
+    then close the connection, keep it open when `hold_open`, or reset it (TCP
+    RST, no end of the HTTP body) when `reset`."""
+    return Fault("no_done", hold_open=hold_open, message="reset" if reset else "")
 
 
 def truncated_without_finish(after_chunks: int = 2) -> Fault:
@@ -418,6 +427,8 @@ class FakeProvider:
     ) -> web.StreamResponse:
         if fault is not None and fault.kind == "slow_first_token":
             await asyncio.sleep(fault.delay)
+        if fault is not None and fault.kind == "wrong_shape":
+            return web.json_response(fault.payload)
         text = "".join(pieces)
         payload = json.dumps(self._full_message(text, usage, body)).encode()
         if fault is None or fault.kind in ("slow_first_token", "no_done"):
@@ -502,6 +513,9 @@ class FakeProvider:
                     return response
                 if kind == "invalid_json":
                     await response.write(_sse("{not valid json", self._event_name()))
+                if kind == "wrong_shape":
+                    payload = json.dumps(fault.payload)  # type: ignore[union-attr]
+                    await response.write(_sse(payload, self._event_name()))
                 if kind == "error_event":
                     await response.write(self._error_event(fault, body))
                     await response.write_eof()
@@ -514,6 +528,10 @@ class FakeProvider:
             await response.write(closing[0])
             if fault is not None and fault.hold_open:
                 await self._hold()
+            if fault is not None and fault.message == "reset":
+                await asyncio.sleep(0.05)  # let the answer leave before the reset
+                _reset(request)
+                raise asyncio.CancelledError
             await response.write_eof()
             return response
         for event in closing:

@@ -574,3 +574,41 @@ def test_a_probe_of_an_earlier_half_open_spell_frees_no_later_slot() -> None:
 
     breaker.record_success(second)
     assert breaker.state is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["complete", "stream"])
+async def test_a_probe_ended_by_a_bug_of_this_service_frees_the_probe_slot(
+    llm: RunningLlm,
+    openai_primary: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    streamed: bool,
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.auth_error(), times=1)  # opens the circuit at once
+    with pytest.raises(grpc.aio.AioRpcError):
+        await llm.client.complete()
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_OPEN
+
+    # The next request waits out the cool-down and is the probe; a bug of
+    # this service (not a provider failure) ends it as INTERNAL.
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the adapter")
+
+    monkeypatch.setattr("services.llm.providers.OpenAIClient.complete", broken)
+    monkeypatch.setattr("services.llm.providers.OpenAIClient.stream", broken)
+    if streamed:
+        result = await llm.client.stream(timeout=10)
+        assert result.error is not None
+        assert result.error.code() == grpc.StatusCode.INTERNAL
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete(timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+    monkeypatch.undo()
+
+    # The bug took the probe slot with it only for that request: the next
+    # request probes again and the recovered provider closes the circuit.
+    response = await llm.client.complete(timeout=10)
+
+    assert response.content == DEFAULT_REPLY
+    assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_CLOSED

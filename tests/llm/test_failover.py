@@ -439,6 +439,34 @@ async def test_a_refusal_quoting_the_prompt_reaches_no_one_with_the_prompt(
     assert "Flagged input" in info.metadata["provider_reason"]
 
 
+async def test_a_refusal_cut_short_never_keeps_part_of_a_quoted_prompt_word(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    # A long quote is cut to the reason's length limit. Wherever the cut falls
+    # (the filler moves the key across it), the key half-quoted at the cut
+    # must go too: a prefix of it no longer matches the prompt's words.
+    key = "Zq7Xw9Lm2Pv5Rt8Ny4Kb6Hd3"
+    await llm.client.put("primary", openai_primary)
+    openai_primary.inject(faults.content_policy(quote_prompt=True), times=None)
+
+    told: list[str] = []
+    for filler in range(12, 32):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await llm.client.complete(" ".join(["nest"] * filler + [key]))
+        info = error_info(caught.value)
+        assert info.reason == "CONTENT_POLICY"
+        told += [caught.value.details() or "", info.metadata["provider_reason"]]
+    health = await llm.client.call(
+        "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="primary")
+    )
+    told.append(health.providers[0].last_error)
+
+    assert any(text.endswith("…") for text in told)  # some reasons were cut
+    pieces = {key[i : i + 5] for i in range(len(key) - 4)}
+    leaked = [text for text in told if any(piece in text for piece in pieces)]
+    assert leaked == []
+
+
 async def test_authentication_error_opens_the_circuit_and_fails_over(
     llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
 ) -> None:
@@ -478,3 +506,74 @@ async def test_malformed_json_answer_fails_over(
     assert classes(response) == [("primary", pb.ERROR_CLASS_MALFORMED_RESPONSE)]
     assert (openai_primary.completions, anthropic_fallback.completions) == (1, 1)
     assert watch.seconds < NO_TIMEOUT_WAITED
+
+
+# Valid JSON of the wrong shape. The SDKs build their response models without
+# validating them, so a wrong type shows only when a field is read.
+WRONG_ANSWERS = [
+    pytest.param(
+        "openai",
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": 5},
+                    "finish_reason": "stop",
+                }
+            ]
+        },
+        id="openai-number-as-text",
+    ),
+    pytest.param("openai", [1, 2], id="openai-list"),
+    pytest.param(
+        "openai",
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": -3, "completion_tokens": 1},
+        },
+        id="openai-negative-tokens",
+    ),
+    pytest.param(
+        "anthropic",
+        {"content": 5, "usage": {"input_tokens": 1, "output_tokens": 1}},
+        id="anthropic-number-as-content",
+    ),
+    pytest.param(
+        "anthropic",
+        {
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1, "output_tokens": 1e30},
+        },
+        id="anthropic-tokens-out-of-range",
+    ),
+]
+
+
+@pytest.mark.parametrize("flavor, payload", WRONG_ANSWERS)
+async def test_an_answer_of_the_wrong_shape_fails_over_and_bills_nothing(
+    llm: RunningLlm, openai_fallback: FakeProvider, flavor: Flavor, payload: object
+) -> None:
+    async with FakeProvider(flavor, model="primary-model") as primary:
+        await llm.client.put(
+            "primary", primary, priority=0, input_price_per_million=1e6
+        )
+        await llm.client.put("fallback", openai_fallback, priority=1)
+        primary.inject(faults.wrong_shape(payload), times=None)
+
+        watch = Stopwatch()
+        response = await llm.client.complete()
+
+        assert watch.seconds < NO_TIMEOUT_WAITED
+        assert primary.completions == 1
+
+    assert response.provider_id == "fallback"
+    assert response.content == DEFAULT_REPLY
+    assert classes(response) == [("primary", pb.ERROR_CLASS_MALFORMED_RESPONSE)]
+    assert response.cost_usd == 0.0

@@ -10,7 +10,7 @@ import pytest
 
 from empire.llm.v1 import llm_service_pb2 as pb
 from tests.harness import fake_providers as faults
-from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
+from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider, Flavor
 from tests.harness.grpc_errors import error_info
 from tests.llm.harness import RunningLlm, Stopwatch, seconds, user
 
@@ -410,3 +410,84 @@ async def test_stream_that_fails_everywhere_is_a_clean_error(
     assert (primary.completions, fallback.completions) == (2, 1)
     # One 1 s first-token wait on the silent fallback, never the caller's 60 s.
     assert SHORT_WAIT <= took < 10
+
+
+# Valid JSON of the wrong shape. The SDKs build their event models without
+# validating them, so a wrong type shows only when a field is read.
+WRONG_EVENTS = [
+    pytest.param(
+        "openai",
+        {"choices": [{"index": 0, "delta": {"content": 5}, "finish_reason": None}]},
+        id="openai-number-as-text",
+    ),
+    pytest.param("openai", [1, 2], id="openai-list"),
+    pytest.param("openai", {"choices": [None]}, id="openai-null-choice"),
+    pytest.param(
+        "openai",
+        {"choices": [], "usage": {"prompt_tokens": -5, "completion_tokens": 1}},
+        id="openai-negative-tokens",
+    ),
+    pytest.param(
+        "anthropic",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": 5},
+        },
+        id="anthropic-number-as-text",
+    ),
+    pytest.param("anthropic", {"type": "message_start"}, id="anthropic-no-message"),
+    pytest.param(
+        "anthropic",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": "many"},
+        },
+        id="anthropic-text-as-tokens",
+    ),
+]
+
+
+@pytest.mark.parametrize("flavor, payload", WRONG_EVENTS)
+async def test_an_event_of_the_wrong_shape_fails_over_and_passes_nothing_on(
+    llm: RunningLlm, fallback: FakeProvider, flavor: Flavor, payload: object
+) -> None:
+    async with FakeProvider(flavor, model="primary-model") as primary:
+        await put(llm, "primary", primary, 0, LONG_WAIT)
+        await put(llm, "fallback", fallback, 1, LONG_WAIT)
+        primary.inject(faults.wrong_shape(payload), times=None)
+
+        watch = Stopwatch()
+        result = await llm.client.stream(allow_reset=True)
+        took = watch.seconds
+
+    assert result.error is None
+    assert "reset" not in result.kinds()
+    assert result.events[0].start.provider_id == "fallback"
+    assert result.all_deltas() == DEFAULT_REPLY
+    assert result.done is not None and result.done.provider_id == "fallback"
+    attempts = [(a.provider_id, a.error_class) for a in result.done.failed_attempts]
+    assert attempts == [("primary", pb.ERROR_CLASS_MALFORMED_RESPONSE)]
+    assert (primary.completions, fallback.completions) == (1, 1)
+    assert took < NO_WAIT
+
+
+@pytest.mark.parametrize("allow_reset", [False, True], ids=["no-reset", "reset"])
+async def test_a_connection_reset_after_the_finish_is_a_complete_answer(
+    route: RunningLlm, primary: FakeProvider, fallback: FakeProvider, allow_reset: bool
+) -> None:
+    # The finish signal came; only the end sentinel was lost, with the
+    # connection: the answer is whole, as when the sentinel is just missing.
+    primary.inject(faults.no_done(reset=True), times=None)
+
+    watch = Stopwatch()
+    result = await route.client.stream(allow_reset=allow_reset, timeout=10)
+
+    assert result.error is None
+    assert "reset" not in result.kinds()
+    assert result.text() == result.all_deltas() == DEFAULT_REPLY
+    assert result.done is not None and result.done.provider_id == "primary"
+    assert not result.done.failed_attempts
+    assert (primary.completions, fallback.completions) == (1, 0)
+    assert watch.seconds < NO_WAIT
