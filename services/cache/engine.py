@@ -4,10 +4,11 @@ The in-process tier (L1) answers first. The shared tier (L2, Redis) holds what
 every replica sees; each store and invalidation is published so that the other
 replicas drop their L1 copies. While the subscription is lost this replica
 cannot know what it missed: it keeps serving L1 entries for at most
-`disconnected_max_age_s` after the loss (or after their local store, if later),
-and on reconnect clears L1 before it uses Redis again. An invalidation it
-cannot hand to Redis is applied to its own L1 and refused as UNAVAILABLE, never
-acknowledged: the other replicas and Redis still hold the entries.
+`disconnected_max_age_s` after the subscription last answered a ping (or after
+their local store, if later), and on reconnect clears L1 before it uses Redis
+again. An invalidation it cannot hand to Redis is applied to its own L1 and
+refused as UNAVAILABLE, never acknowledged: the other replicas and Redis still
+hold the entries.
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ class _AckWait:
             self.done.set()
 
 
+class _FillWait:
+    """Callers waiting for one entry's fill; the store that fills it wakes them."""
+
+    def __init__(self) -> None:
+        self.filled = asyncio.Event()
+        self.waiters = 0
+
+
 def variant_of(route: Route, vary: Mapping[str, str]) -> str:
     """A digest of the values of the route's vary-on names; "" when it has none."""
     if not route.vary_on:
@@ -148,7 +157,7 @@ class CacheEngine:
         self._disconnected_max_age_s = disconnected_max_age_s
         self._leases = LocalLeases(replica_id, lease_timeout_s)
         self._log = CoherenceLog(_LOG_CAPACITY)
-        self._fills: dict[str, asyncio.Event] = {}
+        self._fills: dict[str, _FillWait] = {}
         self._shared_up = False
         self._lost_at: float | None = time.monotonic()
         self._restart = asyncio.Event()
@@ -259,16 +268,15 @@ class CacheEngine:
         ttl = route.ttl_seconds if ttl_override is None else ttl_override
         adapt = route.policy is Policy.DYNAMIC and ttl_override is None
         try:
-            if not self._lease_allows(write, token):
-                return False, ttl
+            self._check_lease(write, token)
             if self._shared_up and (token is None or token.shared):
                 stored = await self._store_shared(write, ttl, adapt, token)
                 if stored is not None:
                     ttl, version = stored
                     self._put_l1(write, ttl, version)
                     return True, ttl
-                if token is not None and not self._verifiable_locally(write, token):
-                    return False, ttl
+                if token is not None:
+                    self._check_shared_lease_locally(write, token)
             return True, self._store_local(write, ttl, adapt)
         finally:
             self._wake(write.ident)
@@ -418,21 +426,51 @@ class CacheEngine:
                 waited = True
             fill = self._fills.get(ident)
             if fill is None:
-                fill = self._fills[ident] = asyncio.Event()
-            # Checked after registering, so a fill landing in between is not missed.
-            answer = await self._find(route, key, ident, origin_failed)
-            if answer.result != "miss":
-                return replace(answer, waited=True)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return LookupAnswer("miss", waited=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    fill.wait(), min(left, remaining_ms / 1000 + 0.005)
+                fill = self._fills[ident] = _FillWait()
+            fill.waiters += 1
+            try:
+                outcome = await self._wait_for_fill(
+                    route, key, ident, fill, deadline, remaining_ms, origin_failed
                 )
-            answer = await self._find(route, key, ident, origin_failed)
-            if answer.result != "miss":
-                return replace(answer, waited=True)
+            finally:
+                self._leave_fill(ident, fill)
+            if outcome is not None:
+                return outcome
+
+    async def _wait_for_fill(
+        self,
+        route: Route,
+        key: str,
+        ident: str,
+        fill: _FillWait,
+        deadline: float,
+        remaining_ms: int,
+        origin_failed: bool,
+    ) -> LookupAnswer | None:
+        """The answer once the holder's fill lands or the wait is over; None
+        when the lease may have lapsed and the caller should try for it."""
+        # Checked after registering, so a fill landing in between is not missed.
+        answer = await self._find(route, key, ident, origin_failed)
+        if answer.result != "miss":
+            return replace(answer, waited=True)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return LookupAnswer("miss", waited=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                fill.filled.wait(), min(left, remaining_ms / 1000 + 0.005)
+            )
+        answer = await self._find(route, key, ident, origin_failed)
+        if answer.result != "miss":
+            return replace(answer, waited=True)
+        return None
+
+    def _leave_fill(self, ident: str, fill: _FillWait) -> None:
+        # The last waiter out unregisters: a fill that never comes (a failing
+        # origin, a filler that died) must not leave its key behind for good.
+        fill.waiters -= 1
+        if fill.waiters == 0 and self._fills.get(ident) is fill:
+            del self._fills[ident]
 
     async def _grant(self, route: Route, ident: str) -> tuple[str | None, int]:
         if self._shared_up and self._tier is not None:
@@ -453,18 +491,17 @@ class CacheEngine:
             self.stats.record_event(route.route_id, "lease_granted")
         return token, ms
 
-    def _verifiable_locally(self, write: _Write, token: LeaseToken) -> bool:
-        """True when this replica can vouch for a shared lease without Redis:
-        it granted it. Raises Aborted, as Redis would, when it heard of an
-        invalidation reaching the key since."""
+    def _check_shared_lease_locally(self, write: _Write, token: LeaseToken) -> None:
+        """Vouches for a shared lease without Redis, which only the replica
+        that granted it can: raises Aborted, as Redis would, when it heard of
+        an invalidation reaching the key since, or cannot tell."""
         if token.replica_id != self.replica_id:
-            return False
+            raise self._unverifiable_lease(write)
         if self._log.voids(
             token.local_seq, write.route.route_id, write.key, write.tags
         ):
             self.stats.record_event(write.route.route_id, "voided_store")
             raise _lease_voided()
-        return True
 
     def _check_local_lease(self, write: _Write, token: LeaseToken) -> None:
         if not self._leases.release(write.ident, token.text):
@@ -475,16 +512,28 @@ class CacheEngine:
             self.stats.record_event(write.route.route_id, "voided_store")
             raise _lease_voided()
 
-    def _lease_allows(self, write: _Write, token: LeaseToken | None) -> bool:
-        """Whether a store may go on; raises Aborted for a lost or voided lease."""
+    def _check_lease(self, write: _Write, token: LeaseToken | None) -> None:
+        """Raises Aborted for a lost or voided lease, or one that cannot be checked."""
         if token is None:
-            return True
+            return
         if not token.shared:
             self._check_local_lease(write, token)
-            # A lease granted while the shared tier was away: its fill may
-            # predate invalidations this replica never heard of.
-            return not self._shared_up
-        return self._shared_up or self._verifiable_locally(write, token)
+            if self._shared_up:
+                # A lease granted while the shared tier was away: its fill may
+                # predate invalidations this replica never heard of.
+                raise self._unverifiable_lease(write)
+        elif not self._shared_up:
+            self._check_shared_lease_locally(write, token)
+
+    def _unverifiable_lease(self, write: _Write) -> Aborted:
+        # Refused as voided, the answer the proto gives a leased store that
+        # must not land: `stored` is false for NO_CACHE routes alone.
+        self.stats.record_event(write.route.route_id, "voided_store")
+        return Aborted(
+            "this replica cannot check the fill lease against the invalidations"
+            " it may have missed while the shared tier was unreachable",
+            reason="LEASE_VOIDED",
+        )
 
     async def _store_shared(
         self, write: _Write, ttl: int, adapt: bool, token: LeaseToken | None
@@ -586,7 +635,7 @@ class CacheEngine:
     def _wake(self, ident: str) -> None:
         fill = self._fills.pop(ident, None)
         if fill is not None:
-            fill.set()
+            fill.filled.set()
 
     def _on_message(self, raw: str) -> None:
         decoded = decode(raw)
@@ -628,7 +677,11 @@ class CacheEngine:
         self._shared_up = False
         self._connected.clear()
         if self._lost_at is None:
-            self._lost_at = time.monotonic()
+            # From the subscription's last sign of life, not from now: what
+            # was published since may already be missed, and a stall is only
+            # noticed seconds later.
+            now = time.monotonic()
+            self._lost_at = min(now, self._tier.last_heard) if self._tier else now
         SHARED_TIER_UP.set(0)
 
     def _shared_failed(self) -> None:

@@ -107,6 +107,7 @@ class L1Cache:
         self._by_tag: dict[str, set[str]] = {}
         self._sketch = FrequencySketch(max(1024, max_bytes // 512))
         self.evictions = 0
+        self._evictions_by_route: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -135,7 +136,7 @@ class L1Cache:
         if old is not None:
             self._remove(old)
         if entry.size > self._main_max:
-            self.evictions += 1
+            self._count_eviction(entry)
             return
         self._link(entry, _WINDOW)
         self._index(entry)
@@ -169,6 +170,10 @@ class L1Cache:
                 if key_prefix is None or entry_key.startswith(key_prefix):
                     ids.extend(variants)
         return ids
+
+    def route_evictions(self, route_id: str) -> int:
+        """Entries of the route evicted or refused since the start."""
+        return self._evictions_by_route.get(route_id, 0)
 
     def tagged(self, tag: str) -> list[str]:
         return list(self._by_tag.get(tag, ()))
@@ -210,14 +215,20 @@ class L1Cache:
         ):
             self._unindex(candidate)
             del self._entries[candidate.entry_id]
-            self.evictions += 1
+            self._count_eviction(candidate)
             return
         for victim in victims:
             self._remove(victim)
-            self.evictions += 1
+            self._count_eviction(victim)
         self._segments[_PROBATION][candidate.entry_id] = candidate
         self._segment_bytes[_PROBATION] += candidate.size
         candidate.segment = _PROBATION
+
+    def _count_eviction(self, entry: L1Entry) -> None:
+        self.evictions += 1
+        self._evictions_by_route[entry.route_id] = (
+            self._evictions_by_route.get(entry.route_id, 0) + 1
+        )
 
     def _link(self, entry: L1Entry, segment: int) -> None:
         entry.segment = segment

@@ -205,7 +205,9 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
         routes = []
         for route_id in route_ids:
             entries, size = engine.route_usage(route_id)
-            stats = engine.stats.to_proto([route_id], entries, size, 0)
+            stats = engine.stats.to_proto(
+                [route_id], entries, size, engine.l1.route_evictions(route_id)
+            )
             stats.shared_entries = await engine.shared_entries(route_id)
             routes.append(pb.RouteStats(route_id=route_id, stats=stats))
         if request.route_id:

@@ -38,7 +38,8 @@ class CacheSettings:
     l1_max_bytes: int
     # EMPIRE_CACHE_L1_DISCONNECTED_MAX_AGE_SECONDS: while the invalidation
     # subscription is lost, an in-process entry is served at most this long
-    # after the loss (or after its local store, if later).
+    # after the subscription last answered a ping (or after its local store,
+    # if later), and at least until the loss is noticed.
     l1_disconnected_max_age_seconds: float
     # EMPIRE_CACHE_LEASE_TIMEOUT_SECONDS: how long a fill lease blocks others.
     lease_timeout_seconds: float

@@ -96,6 +96,10 @@ class RedisTier:
         self.prefix = prefix
         self.channel = prefix + "events"
         self.origin = origin
+        # Monotonic time the subscription last proved it delivers everything
+        # published before (confirmed, or answered a ping): whatever was
+        # published later may have been missed once it is found broken.
+        self.last_heard = time.monotonic()
         self._timeout_s = timeout_s
         self._client = aioredis.Redis.from_url(
             url,
@@ -407,6 +411,7 @@ class RedisTier:
         while time.monotonic() < deadline:
             message = await pubsub.get_message(timeout=self._timeout_s)
             if message and message["type"] == "subscribe":
+                self.last_heard = time.monotonic()
                 return
         raise TimeoutError
 
@@ -432,7 +437,7 @@ class RedisTier:
             if message["type"] == "message":
                 on_message(message["data"].decode(errors="replace"))
             elif message["type"] == "pong":
-                last_pong = time.monotonic()
+                last_pong = self.last_heard = time.monotonic()
 
 
 def _bulk_entries(

@@ -253,3 +253,109 @@ async def test_store_with_a_lease_voided_before_a_cut_is_refused_as_voided(
     assert refused.value.code() == grpc.StatusCode.ABORTED
     assert error_info(refused.value).reason == "LEASE_VOIDED"
     assert stats.overall.voided_stores == 1
+
+
+async def test_store_with_a_lease_granted_during_a_cut_is_refused_once_redis_is_back(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    """A lease granted while Redis was away is this replica's alone: its fill
+    may predate invalidations made elsewhere meanwhile, so once Redis is back
+    the store is refused as the proto says, never answered stored=false."""
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url, redis_url=proxy.url_for(redis_url), redis_prefix=redis_prefix
+    )
+    async with running_cache(settings, issuer) as a:
+        await wait_for_shared_tier(a, True)
+        await put_route(a)
+        proxy.cut()
+        await wait_for_shared_tier(a, False)
+        lease = await a.Lookup(
+            pb.LookupRequest(route_id="api_offers", key="k1", request_lease=True)
+        )
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.Store(
+                pb.StoreRequest(
+                    route_id="api_offers",
+                    key="k1",
+                    value=b"filled-during-the-cut",
+                    lease_token=lease.lease_token,
+                )
+            )
+        after = await a.Lookup(lookup("k1"))
+
+    assert lease.lease_token
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(refused.value).reason == "LEASE_VOIDED"
+    assert after.result == MISS
+
+
+async def test_store_with_another_replicas_lease_on_a_cut_off_replica_is_refused(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    """A cut-off replica cannot check a lease another replica handed out
+    against the invalidation log: it refuses the store instead of claiming
+    success with stored=false."""
+    proxy = await proxied(fault_proxy, redis_url)
+
+    def settings(url: str, replica_id: str) -> CacheSettings:
+        return cache_settings(
+            sqlite_cache_url,
+            redis_url=url,
+            redis_prefix=redis_prefix,
+            replica_id=replica_id,
+        )
+
+    async with (
+        running_cache(settings(proxy.url_for(redis_url), "behind-proxy"), issuer) as a,
+        running_cache(settings(redis_url, "direct"), issuer) as b,
+    ):
+        await wait_for_shared_tier(a, True)
+        await put_route(b)
+        lease = await b.Lookup(
+            pb.LookupRequest(route_id="api_offers", key="k1", request_lease=True)
+        )
+        proxy.cut()
+        await wait_for_shared_tier(a, False)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.Store(
+                pb.StoreRequest(
+                    route_id="api_offers",
+                    key="k1",
+                    value=b"v",
+                    lease_token=lease.lease_token,
+                )
+            )
+        proxy.restore()
+
+    assert lease.lease_token
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(refused.value).reason == "LEASE_VOIDED"
+
+
+async def test_l1_staleness_under_a_stall_counts_from_the_last_pong(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    """A stall is noticed only after the pong deadline or a call's timeout
+    (both 2 s here); invalidations may have been missed from the last pong on,
+    so the bound runs from there, not from when the loss was noticed."""
+    proxy = await proxied(fault_proxy, redis_url)
+    settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=proxy.url_for(redis_url),
+        redis_prefix=redis_prefix,
+        redis_timeout_seconds=2.0,
+        l1_disconnected_max_age_seconds=1.0,
+    )
+    async with running_cache(settings, issuer) as a:
+        await wait_for_shared_tier(a, True)
+        await put_route(a)
+        await a.Store(store("k1", b"v"))
+        proxy.stall()
+        await wait_for_shared_tier(a, False)
+        late = await a.Lookup(lookup("k1"))
+        proxy.restore()
+
+    assert late.result == MISS

@@ -294,3 +294,20 @@ async def test_lookups_are_exported_as_prometheus_metrics(sqlite_cache_url, issu
         await client.Lookup(lookup("k", route_id="metrics_route"))
 
     assert hits() - before == 2
+
+
+async def test_stats_count_evictions_per_route(sqlite_cache_url, issuer):
+    settings = cache_settings(sqlite_cache_url, l1_max_bytes=16 * 1024)
+    async with running_cache(settings, issuer) as client:
+        await put_route(client, route_id="bulky")
+        await put_route(client, route_id="quiet")
+        for index in range(100):
+            await client.Store(store(f"k{index}", b"x" * 500, route_id="bulky"))
+        await client.Lookup(lookup("absent", route_id="quiet"))
+        stats = await client.GetStats(pb.GetStatsRequest())
+        one = await client.GetStats(pb.GetStatsRequest(route_id="bulky"))
+
+    by_route = {r.route_id: r.stats.evictions for r in stats.routes}
+    assert stats.overall.evictions > 0
+    assert by_route == {"bulky": stats.overall.evictions, "quiet": 0}
+    assert one.overall.evictions == stats.overall.evictions
