@@ -158,6 +158,9 @@ class CacheEngine:
         self._leases = LocalLeases(replica_id, lease_timeout_s)
         self._log = CoherenceLog(_LOG_CAPACITY)
         self._fills: dict[str, _FillWait] = {}
+        # Route changes the other replicas have not been told of (Redis was
+        # away); published once it is back.
+        self._unpublished_routes: set[str] = set()
         self._shared_up = False
         self._lost_at: float | None = time.monotonic()
         self._restart = asyncio.Event()
@@ -316,13 +319,27 @@ class CacheEngine:
         return count
 
     async def publish_config_change(self, route_id: str) -> None:
-        if self._shared_up and self._tier is not None:
+        """Tells the other replicas to reload `route_id` from the store.
+
+        The change is already stored, so the call succeeds even without Redis;
+        the news goes out when this replica reconnects.
+        """
+        if self._tier is None:
+            return
+        if self._shared_up:
             try:
                 await self._tier.publish(
                     encode_config_change(self.replica_id, route_id)
                 )
+                return
             except REDIS_FAILURES:
                 self._shared_failed()
+        self._unpublished_routes.add(route_id)
+
+    async def _publish_pending_changes(self) -> None:
+        pending, self._unpublished_routes = self._unpublished_routes, set()
+        for route_id in sorted(pending):
+            await self.publish_config_change(route_id)
 
     def route_usage(self, route_id: str | None) -> tuple[int, int]:
         """(entries, bytes) of this replica's L1, for one route or all."""
@@ -669,6 +686,7 @@ class CacheEngine:
         self._connected.set()
         SHARED_TIER_UP.set(1)
         self._spawn(self._reload_routes())
+        self._spawn(self._publish_pending_changes())
         logger.info("cache shared tier connected; L1 cleared")
 
     def _on_lost(self) -> None:

@@ -359,3 +359,43 @@ async def test_l1_staleness_under_a_stall_counts_from_the_last_pong(
         proxy.restore()
 
     assert late.result == MISS
+
+
+async def test_route_changed_during_a_cut_reaches_the_other_replica_after_it(
+    sqlite_cache_url, redis_url, redis_prefix, issuer, fault_proxy
+):
+    proxy = await proxied(fault_proxy, redis_url)
+    cut_settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=proxy.url_for(redis_url),
+        redis_prefix=redis_prefix,
+        replica_id="behind-proxy",
+    )
+    direct_settings = cache_settings(
+        sqlite_cache_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        replica_id="direct",
+    )
+    async with (
+        running_cache(cut_settings, issuer) as a,
+        running_cache(direct_settings, issuer) as b,
+    ):
+        await wait_for_shared_tier(a, True)
+        await put_route(a)
+        assert (await b.Store(store("k1", b"v"))).stored
+
+        proxy.cut()
+        await wait_for_shared_tier(a, False)
+        await put_route(a, policy=pb.CACHE_POLICY_NO_CACHE, ttl_seconds=0)
+        proxy.restore()
+        await wait_for_shared_tier(a, True)
+
+        stored = True
+        for _ in range(200):
+            stored = (await b.Store(store("k2", b"v"))).stored
+            if not stored:
+                break
+            await asyncio.sleep(0.05)
+
+    assert not stored, "the other replica never learnt the route is NO_CACHE"
