@@ -72,7 +72,9 @@ class ApiKeyManager:
             if await tx.get_api_key(api_key_id) is None:
                 raise NotFound("no such API key", reason="API_KEY_NOT_FOUND")
             await tx.revoke_api_key(api_key_id, now)
-            live = await tx.live_tokens_of_api_key(api_key_id, now)
+            live = await tx.live_tokens_of_api_key(
+                api_key_id, self._denylist.still_accepted_after_ms(now)
+            )
             await tx.revoke_tokens(live, now)
             row = await tx.get_api_key(api_key_id)
         self._denylist.add(live)

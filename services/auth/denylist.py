@@ -38,6 +38,11 @@ class Denylist:
         """Each revoked token id with its expiry in Unix milliseconds."""
         return dict(self._revoked)
 
+    def still_accepted_after_ms(self, now_ms: int) -> int:
+        """Tokens that expired after this instant still pass verifiers (the
+        leeway): revoking a key or family must deny them too."""
+        return now_ms - self._leeway_ms
+
     def add(self, tokens: Iterable[tuple[str, int]]) -> None:
         for token_id, expires_ms in tokens:
             self._set(token_id, expires_ms)

@@ -27,7 +27,7 @@ from services.auth.signing_keys import (
     private_key_bytes,
     seal_context,
 )
-from services.auth.store import AuthStore, KeyRow
+from services.auth.store import AuthQueries, AuthStore, KeyRow
 from shared.errors import Aborted, EmpireError, FailedPrecondition
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class SigningKeyRing:
         self._jwks: dict[str, Any] = {"keys": []}
         self._jwks_json = b'{"keys":[]}'
         self._last_unknown_reload = float("-inf")
+        # When (by `clock`) the keys in memory were last read from, or
+        # written to, the store: their states are known as of then.
+        self._confirmed_at = float("-inf")
         self.reload_count = 0
 
     async def start(self) -> None:
@@ -128,14 +131,35 @@ class SigningKeyRing:
             self._keys.values(), key=lambda k: (k.created_ms, k.key_id), reverse=True
         )
 
-    async def reload(self) -> None:
-        """Catch up with the store (another replica may have rotated)."""
+    async def reload(self, queries: AuthQueries | None = None) -> None:
+        """Catch up with the store (another replica may have rotated).
+
+        `queries` reads inside a caller's transaction, where the store itself
+        may not be used (SQLite serialises its transactions).
+        """
         self.reload_count += 1
-        version, rows = await self._store.fetch_keyring()
+        read_at = self._clock()
+        version, rows = await (queries or self._store).fetch_keyring()
         if version == self._version:
+            self._confirmed_at = max(self._confirmed_at, read_at)
             return
         keys = {row.key_id: self._from_row(row) for row in rows}
         self._install(version, keys)
+        self._confirmed_at = read_at
+
+    async def confirm_current(self, queries: AuthQueries) -> None:
+        """Make sure the current key's state was read from the store at most
+        one sync interval ago, reading it again if need be.
+
+        A retiring key stays published for one sync interval past the longest
+        token lifetime, so a replica may sign with a key another one demoted
+        only that much later. One that missed its syncs (a database outage)
+        would otherwise sign with it, once the database is back, until its
+        next sync: tokens that outlive their key's publication.
+        """
+        age = self._clock() - self._confirmed_at
+        if age > self._policy.sync_interval_seconds:
+            await self.reload(queries)
 
     async def reload_for_unknown_key(self) -> bool:
         """Reload at most once per interval; True if it did."""
@@ -229,6 +253,7 @@ class SigningKeyRing:
             await self._commit(changes)
 
     async def _commit(self, changes: list[SigningKey]) -> None:
+        claimed_at = self._clock()
         async with self._store.transaction() as tx:
             if not await tx.claim_keyring_version(self._version):
                 raise Aborted(
@@ -240,6 +265,7 @@ class SigningKeyRing:
         keys = dict(self._keys)
         keys.update({key.key_id: key for key in changes})
         self._install(self._version + 1, keys)
+        self._confirmed_at = claimed_at
 
     def _install(self, version: int, keys: dict[str, SigningKey]) -> None:
         current = [key for key in keys.values() if key.state is KeyState.CURRENT]

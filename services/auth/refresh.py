@@ -122,6 +122,10 @@ class RefreshFamilies:
     ) -> _Outcome:
         found = await _find(tx, candidates)
         token_hash, row = found if found is not None else ("", None)
+        if row is not None:
+            # Read the family only once it is locked: a revocation committed
+            # after our read would miss the access token we are about to issue.
+            await tx.lock_family(row.family_id)
         family = None if row is None else await tx.get_family(row.family_id)
         if row is None or family is None:
             return _failure("the refresh token is not valid", "REFRESH_TOKEN_INVALID")
@@ -178,7 +182,9 @@ class RefreshFamilies:
         self, tx: AuthQueries, family_id: str, now: int
     ) -> list[tuple[str, int]]:
         await tx.revoke_family(family_id, now)
-        live = await tx.live_tokens_of_family(family_id, now)
+        live = await tx.live_tokens_of_family(
+            family_id, self._denylist.still_accepted_after_ms(now)
+        )
         await tx.revoke_tokens(live, now)
         return live
 

@@ -168,22 +168,22 @@ class AuthQueries:
         return None if row is None else int(row[0])
 
     async def live_tokens_of_family(
-        self, family_id: str, now_ms: int
+        self, family_id: str, expiring_after_ms: int
     ) -> list[tuple[str, int]]:
         rows = await self._db.fetchall(
             "SELECT token_id, expires_ms FROM issued_tokens"
             " WHERE family_id = %s AND expires_ms > %s",
-            (family_id, now_ms),
+            (family_id, expiring_after_ms),
         )
         return [(str(row[0]), int(row[1])) for row in rows]
 
     async def live_tokens_of_api_key(
-        self, api_key_id: str, now_ms: int
+        self, api_key_id: str, expiring_after_ms: int
     ) -> list[tuple[str, int]]:
         rows = await self._db.fetchall(
             "SELECT token_id, expires_ms FROM issued_tokens"
             " WHERE api_key_id = %s AND expires_ms > %s",
-            (api_key_id, now_ms),
+            (api_key_id, expiring_after_ms),
         )
         return [(str(row[0]), int(row[1])) for row in rows]
 
@@ -228,6 +228,14 @@ class AuthQueries:
             (family_id,),
         )
         return None if row is None else _family_row(row)
+
+    async def lock_family(self, family_id: str) -> None:
+        """Hold the family's row until the transaction ends (a portable
+        `SELECT ... FOR UPDATE`): its revocation waits for us, or we see it."""
+        await self._db.execute(
+            "UPDATE refresh_families SET revoked_ms = revoked_ms WHERE family_id = %s",
+            (family_id,),
+        )
 
     async def revoke_family(self, family_id: str, now_ms: int) -> None:
         await self._db.execute(

@@ -111,6 +111,7 @@ class TokenMinter:
 
     async def issue(self, grant: Grant, queries: AuthQueries) -> MintedToken:
         """Mint a token and record it; fails (UNAVAILABLE) if the store is down."""
+        await self._keyring.confirm_current(queries)
         minted = self.mint(grant)
         await queries.record_issued(
             IssuedTokenRow(

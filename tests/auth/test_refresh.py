@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from empire.auth.v1 import auth_service_pb2 as pb
+from services.auth.store import AuthQueries, IssuedTokenRow
 from tests.auth.harness import AuthUnderTest, auth_settings, running_auth
 from tests.harness.grpc_errors import bad_request, error_info
 
@@ -143,3 +144,39 @@ async def test_revoking_a_refresh_token_never_issued_is_a_bad_field(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(raised.value).reason == "REFRESH_TOKEN_INVALID"
     assert bad_request(raised.value).field_violations[0].field == "refresh_token"
+
+
+async def test_a_refresh_racing_its_familys_revocation_leaves_no_live_token(
+    auth: AuthUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logout (revoking the family) while a thief refreshes the same family:
+    either the refresh is refused, or the revocation covers what it issued."""
+    issued = await auth.issue(include_refresh_token=True)
+    paused, release = asyncio.Event(), asyncio.Event()
+    record_issued = AuthQueries.record_issued
+
+    async def record_after_a_pause(self: AuthQueries, token: IssuedTokenRow) -> None:
+        if token.family_id is not None and not paused.is_set():
+            paused.set()  # the refresh passed its checks and signed
+            await release.wait()
+        await record_issued(self, token)
+
+    monkeypatch.setattr(AuthQueries, "record_issued", record_after_a_pause)
+    refreshing = asyncio.create_task(_refresh(auth, issued.refresh_token))
+    await paused.wait()
+    revoking = asyncio.ensure_future(
+        auth.stub.RevokeToken(
+            pb.RevokeTokenRequest(refresh_token=issued.refresh_token),
+            metadata=auth.as_admin(),
+        )
+    )
+    # Time for the revocation to finish, if nothing holds it back.
+    await asyncio.wait({revoking}, timeout=1.0)
+    release.set()
+
+    refreshed = await refreshing
+    revoked = await revoking
+
+    assert refreshed.token_id in revoked.revoked_token_ids
+    assert (await auth.verify(refreshed.access_token)).reason == Reason.REVOKED
+    assert await _refused(auth, refreshed.refresh_token) == "REFRESH_TOKEN_REVOKED"

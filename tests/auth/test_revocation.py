@@ -244,3 +244,55 @@ async def test_revocations_document_holds_ids_only_and_revalidates(
         {"jti": issued.token_id, "exp": issued.expire_time.seconds + 1}
     ]
     assert issued.access_token.encode() not in body
+
+
+async def _wait_until_expired(*expire_times: int) -> None:
+    """Until every token is past `exp`, while verifiers still accept it (leeway)."""
+    while time.time() <= max(expire_times):
+        await asyncio.sleep(0.05)
+
+
+async def test_revoking_an_api_key_denies_its_tokens_still_in_the_leeway(
+    database_url: str,
+) -> None:
+    settings = auth_settings(
+        database_url,
+        AUTH_MIN_TOKEN_TTL_SECONDS="1",
+        AUTH_EXCHANGE_TOKEN_TTL_SECONDS="1",
+    )
+    assert settings.leeway_seconds >= 30  # far more than this test takes
+    async with running_auth(settings) as auth:
+        created = await auth.stub.CreateApiKey(
+            pb.CreateApiKeyRequest(subject="svc", scopes=["cache:use"]),
+            metadata=auth.as_admin(),
+        )
+        exchanged = await auth.stub.ExchangeApiKey(
+            pb.ExchangeApiKeyRequest(api_key=created.secret)
+        )
+        await _wait_until_expired(exchanged.expire_time.seconds)
+        assert (await auth.verify(exchanged.access_token)).valid  # in the leeway
+
+        await auth.stub.RevokeApiKey(
+            pb.RevokeApiKeyRequest(api_key_id=created.api_key.api_key_id),
+            metadata=auth.as_admin(),
+        )
+
+        verdict = await auth.verify(exchanged.access_token)
+        assert verdict.reason == Reason.REVOKED
+
+
+async def test_revoking_a_refresh_family_denies_its_tokens_still_in_the_leeway(
+    database_url: str,
+) -> None:
+    settings = auth_settings(database_url, AUTH_MIN_TOKEN_TTL_SECONDS="1")
+    async with running_auth(settings) as auth:
+        issued = await auth.issue(
+            ttl=duration_pb2.Duration(seconds=1), include_refresh_token=True
+        )
+        await _wait_until_expired(issued.expire_time.seconds)
+        assert (await auth.verify(issued.access_token)).valid  # in the leeway
+
+        revoked = await _revoke(auth, refresh_token=issued.refresh_token)
+
+        assert list(revoked.revoked_token_ids) == [issued.token_id]
+        assert (await auth.verify(issued.access_token)).reason == Reason.REVOKED

@@ -280,6 +280,7 @@ async def test_concurrent_rotations_on_two_replicas_promote_once(
     async with running_auth(settings, keyring_clock=clock) as first:
         async with running_auth(settings, keyring_clock=clock) as second:
             clock.advance(_publication_lead(settings))
+            await second.components.keyring.reload()  # its last sync
             rotated = await _rotate(first)
 
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -287,10 +288,12 @@ async def test_concurrent_rotations_on_two_replicas_promote_once(
             assert raised.value.code() == grpc.StatusCode.ABORTED
             assert error_info(raised.value).reason == "KEYRING_CHANGED"
 
-            # The lagging replica still signs with the retiring key, which
-            # stays published; once it syncs, it signs with the new one.
-            lagging = (await second.issue()).access_token
-            assert (await first.verify(lagging)).valid
+            # Within a sync interval the lagging replica still signs with the
+            # retiring key, which stays published; once it syncs, it signs
+            # with the new one.
+            lagging = await second.issue()
+            assert lagging.key_id == rotated.previous_key.key_id
+            assert (await first.verify(lagging.access_token)).valid
             await second.components.keyring.reload()
             assert (await second.issue()).key_id == rotated.current_key.key_id
             assert (await _states(second)) == (await _states(first))
@@ -392,3 +395,42 @@ async def test_replicas_starting_together_agree_on_one_keyring(
         for service in services:
             assert service.on_close is not None
             await service.on_close()
+
+
+@pytest.mark.parametrize("with_refresh", [False, True], ids=["plain", "refresh"])
+async def test_a_replica_that_missed_its_syncs_signs_only_with_a_confirmed_key(
+    database_url: str, clock: FakeClock, with_refresh: bool
+) -> None:
+    """A replica whose syncs failed (a database outage) and that issues once the
+    database is back must not sign with a key another replica has demoted:
+    those tokens would outlive the old key's publication."""
+    settings = auth_settings(database_url)
+    async with (
+        running_auth(settings, keyring_clock=clock) as first,
+        running_auth(settings, keyring_clock=clock) as lagging,
+    ):
+        clock.advance(_publication_lead(settings))
+        rotated = await _rotate(first)
+        # The lagging replica has not synced for longer than its interval: its
+        # keyring still holds the demoted key as the one that signs.
+        demoted = rotated.previous_key.key_id
+        assert lagging.components.keyring.current.key_id == demoted
+
+        # (With a refresh token the keyring is read inside the transaction.)
+        issued = await lagging.issue(include_refresh_token=with_refresh)
+
+        assert issued.key_id == rotated.current_key.key_id
+        assert lagging.components.keyring.current.key_id == issued.key_id
+
+
+async def test_a_replica_in_sync_signs_without_reading_the_keyring_again(
+    auth: AuthUnderTest,
+) -> None:
+    keyring = auth.components.keyring
+    await keyring.reload()
+    before = keyring.reload_count
+
+    for _ in range(3):
+        await auth.issue()
+
+    assert keyring.reload_count == before
