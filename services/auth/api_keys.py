@@ -102,7 +102,12 @@ class ApiKeyManager:
             ttl_seconds=self._exchange_ttl,
             api_key_id=row.api_key_id,
         )
-        return await self._minter.issue(grant, self._store)
+        async with self._store.transaction() as tx:
+            if not await tx.hold_unrevoked_api_key(row.api_key_id):
+                raise Unauthenticated(
+                    "the API key was revoked", reason="API_KEY_REVOKED"
+                )
+            return await self._minter.issue(grant, tx)
 
     def _roles_within(
         self, roles: tuple[str, ...], scopes: frozenset[str]

@@ -332,6 +332,19 @@ class AuthQueries:
         )
         return [_api_key_row(row) for row in rows]
 
+    async def hold_unrevoked_api_key(self, api_key_id: str) -> bool:
+        """Lock the key's row until the transaction ends, if it is not revoked.
+
+        An exchange holds it while it records its token, so a revocation
+        either waits and then lists that token, or is seen here first.
+        """
+        changed = await self._db.execute(
+            "UPDATE api_keys SET revoked_ms = revoked_ms"
+            " WHERE api_key_id = %s AND revoked_ms IS NULL",
+            (api_key_id,),
+        )
+        return changed == 1
+
     async def revoke_api_key(self, api_key_id: str, now_ms: int) -> None:
         await self._db.execute(
             "UPDATE api_keys SET revoked_ms = %s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import grpc
@@ -14,6 +15,7 @@ from services.auth.api_key_format import (
     generate_api_key,
     parse_api_key,
 )
+from services.auth.store import AuthQueries, IssuedTokenRow
 from shared.clients import bearer
 from tests.auth.harness import AuthUnderTest
 from tests.harness.grpc_errors import bad_request, error_info
@@ -224,3 +226,36 @@ async def test_bootstrap_admin_key_holds_every_scope(auth: AuthUnderTest) -> Non
     )
     bootstrap = [key for key in listing.api_keys if key.subject == "bootstrap-admin"]
     assert len(bootstrap) == 1 and list(bootstrap[0].roles) == ["admin"]
+
+
+async def test_an_exchange_racing_the_keys_revocation_leaves_no_live_token(
+    auth: AuthUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either the exchange is refused, or the revocation covers its token."""
+    created = await _create(auth, scopes=["secrets:read"])
+    paused, release = asyncio.Event(), asyncio.Event()
+    record_issued = AuthQueries.record_issued
+
+    async def record_after_a_pause(self: AuthQueries, token: IssuedTokenRow) -> None:
+        if token.api_key_id is not None and not paused.is_set():
+            paused.set()  # the exchange passed its checks and signed
+            await release.wait()
+        await record_issued(self, token)
+
+    monkeypatch.setattr(AuthQueries, "record_issued", record_after_a_pause)
+    exchanging = asyncio.create_task(_exchange(auth, created.secret))
+    await paused.wait()
+    revoking = asyncio.ensure_future(
+        auth.stub.RevokeApiKey(
+            pb.RevokeApiKeyRequest(api_key_id=created.api_key.api_key_id),
+            metadata=auth.as_admin(),
+        )
+    )
+    # Time for the revocation to finish, if nothing holds it back.
+    await asyncio.wait({revoking}, timeout=1.0)
+    release.set()
+
+    exchanged = await exchanging
+    await revoking
+
+    assert (await auth.verify(exchanged.access_token)).reason == Reason.REVOKED
