@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from services.vault.records import AuditRecord, ReadResult
 from services.vault.store import GENESIS_HASH, VaultStore
-from shared.db import CONFLICT_REASON, Executor, UniqueViolation
+from shared.db import CONFLICT_REASON, UNAVAILABLE_REASON, Executor, UniqueViolation
 from shared.errors import Aborted, EmpireError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -96,6 +96,11 @@ class _Job:
     mutate: Mutation | None = None
     read: tuple[str, int] | None = None
     then: ReadContinuation | None = None
+    # A read is taken once its batch has its row: its event is then on its way
+    # into that transaction. Until then it may be withdrawn, and is skipped.
+    taken: bool = False
+    withdrawn: bool = False
+    patience: asyncio.TimerHandle | None = None
 
 
 def chain_hash(key: bytes, event: AuditRecord) -> str:
@@ -143,10 +148,27 @@ class AuditLog:
         """Appends `entries`; returns once committed, raises if they cannot be."""
         await self._submit(_Job(self._future(), list(entries)))
 
-    async def read(self, key_id: str, version: int, then: ReadContinuation) -> Any:
+    async def read(
+        self,
+        key_id: str,
+        version: int,
+        then: ReadContinuation,
+        patience: float | None = None,
+        on_stall: Callable[[], None] | None = None,
+    ) -> Any:
         """Reads a secret in the next batch (one query for every read in it),
-        then appends the events `then` returns before answering."""
+        then appends the events `then` returns before answering.
+
+        With `patience`, a read whose batch has not got its row by then is
+        withdrawn: it fails `Unavailable` and leaves no event behind, so the
+        caller may answer from memory and spool its own event instead, and
+        `on_stall` is called (even if the caller has gone meanwhile).
+        """
         job = _Job(self._future(), read=(key_id, version), then=then)
+        if patience is not None:
+            job.patience = asyncio.get_running_loop().call_later(
+                patience, _withdraw, job, on_stall
+            )
         return await self._submit(job)
 
     async def write(self, mutate: Mutation) -> Any:
@@ -238,6 +260,9 @@ class AuditLog:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            batch = [job for job in batch if not job.withdrawn]
+            if not batch:
+                continue
             try:
                 outcomes = await self._commit_with_retries(batch)
             except BaseException as error:  # noqa: BLE001 - handed to every caller
@@ -280,12 +305,19 @@ class AuditLog:
                 await self._before_writes(tx)
             # The batch's reads see the state before its writes, so their
             # events come first in the chain.
-            reads = [job.read for job in batch if job.read is not None]
+            reads = [
+                job.read for job in batch if job.read is not None and not job.withdrawn
+            ]
             rows = await self._store.read_many(tx, reads) if reads else {}
+            for job in batch:
+                _take(job)
             read_entries: list[AuditEntry] = []
             entries: list[AuditEntry] = []
+            outcome: tuple[BaseException | None, Any, list[AuditEntry]]
             for job in batch:
-                if job.read is not None:
+                if job.withdrawn:
+                    outcome = (None, None, [])
+                elif job.read is not None:
                     outcome = _finish_read(job, rows.get(job.read))
                     read_entries.extend(outcome[2])
                 else:
@@ -339,6 +371,30 @@ async def _run(
     except EmpireError as error:
         return error, None, []
     return None, result, entries
+
+
+def _take(job: _Job) -> None:
+    """From here on the read's event may commit: the reader waits for it."""
+    if job.read is not None and not job.withdrawn:
+        job.taken = True
+        if job.patience is not None:
+            job.patience.cancel()
+
+
+def _withdraw(job: _Job, on_stall: Callable[[], None] | None) -> None:
+    """A read whose batch has not reached the database in time gives up on it."""
+    if job.taken or (job.future.done() and not job.future.cancelled()):
+        return  # its event may be committing, or its batch has answered it
+    job.withdrawn = True
+    if not job.future.done():
+        job.future.set_exception(
+            Unavailable(
+                "the vault database did not answer in time",
+                reason=UNAVAILABLE_REASON,
+            )
+        )
+    if on_stall is not None:
+        on_stall()
 
 
 def _finish_read(

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from services.vault.envelope import MasterKeyRing, open_with, seal_with
 from services.vault.errors import MasterKeyMismatch
 from services.vault.store import VaultStore
-from shared.db import UniqueViolation
+from shared.db import Executor, UniqueViolation
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ async def load_keyring(store: VaultStore, root_key: bytes) -> MasterKeyRing:
     return unwrap_keyring(root_key, rows)
 
 
-async def add_key_version(store: VaultStore, root_key: bytes, version: int) -> bytes:
+async def add_key_version(
+    store: VaultStore, root_key: bytes, version: int, tx: Executor | None = None
+) -> bytes:
     """Stores a fresh key as `version`; raises `UniqueViolation` if it exists."""
     key = AESGCM.generate_key(bit_length=256)
     wrapped = seal_with(root_key, key, _associated(version))
-    await store.insert_master_key(version, wrapped, int(time.time() * 1000))
+    await store.insert_master_key(version, wrapped, int(time.time() * 1000), tx)
     return key

@@ -18,18 +18,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from services.vault.audit import AuditEntry, AuditLog
 from services.vault.envelope import EnvelopeCipher, SealedValue
 from services.vault.errors import DataLoss
 from services.vault.keyring import add_key_version, unwrap_keyring
 from services.vault.records import VersionRecord
 from services.vault.store import VaultStore
-from shared.db import Executor, UniqueViolation
+from shared.db import Executor
 from shared.errors import Aborted, Unavailable
 
 logger = logging.getLogger(__name__)
 
 IDLE, RUNNING, COMPLETE, FAILED = 1, 2, 3, 4
-_ADD_ATTEMPTS = 3
 _RETRY_SECONDS = 1.0
 _CONFLICT_RETRY_SECONDS = 0.1
 _START = ("", 0)
@@ -66,6 +66,7 @@ class MasterKeyRotator:
         # Blocks that hold the rewrap off, and whether it starts after them.
         self._pauses = 0
         self._start_after_pause = False
+        self._rotating = asyncio.Lock()
 
     @property
     def running(self) -> bool:
@@ -86,23 +87,29 @@ class MasterKeyRotator:
     def target(self) -> int:
         return self._cipher.keyring.current_version
 
-    async def rotate(self) -> int:
-        """Adds a master key version, which wraps new data keys at once."""
-        for attempt in range(_ADD_ATTEMPTS):
+    async def rotate(self, audit: AuditLog, actor: str) -> int:
+        """Adds a master key version, which wraps new data keys at once.
+
+        The key and its audit event commit in one transaction (fail-closed): a
+        rotation whose event cannot be recorded does not happen.
+        """
+
+        async def add(tx: Executor) -> tuple[list[AuditEntry], tuple[int, bytes]]:
+            # The batch holds the chain head and has just learned the versions
+            # other replicas added, so this number is free; should it clash
+            # anyway, the batch is rerun, and ends ABORTED if it keeps clashing.
             version = self.target + 1
-            try:
-                key = await add_key_version(self._store, self._root_key, version)
-            except UniqueViolation:
-                # Another replica rotated first: learn its keys and try again.
-                await self.reload_keyring()
-                if attempt == _ADD_ATTEMPTS - 1:
-                    raise
-                continue
-            self._cipher.keyring.add(version, key)
-            logger.info("added master key version %s; rewrapping data keys", version)
-            self._start()
-            return version
-        raise AssertionError("unreachable")
+            key = await add_key_version(self._store, self._root_key, version, tx)
+            return [AuditEntry(actor, "RotateMasterKey", "", version)], (version, key)
+
+        # One rotation at a time: two in one batch would take the same number.
+        async with self._rotating:
+            version, key = await audit.write(add)
+        # Only once committed: a key in the ring seals new data keys at once.
+        self._cipher.keyring.add(version, key)
+        logger.info("added master key version %s; rewrapping data keys", version)
+        self._start()
+        return version
 
     async def reload_keyring(self, tx: Executor | None = None) -> None:
         """Learns the keyring versions another replica added (one query when

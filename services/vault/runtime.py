@@ -91,6 +91,7 @@ async def open_runtime(settings: VaultSettings) -> VaultRuntime:
             settings.max_value_bytes,
         ),
         reload_keyring=rotator.reload_keyring,
+        read_patience_seconds=settings.database_timeout_seconds,
     )
     await rotator.resume()
     return VaultRuntime(

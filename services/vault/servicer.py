@@ -183,10 +183,13 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
     ) -> Any:
         principal = current_principal()
         async with self._audited(principal, "RotateMasterKey", ""):
-            version = await self._runtime.rotator.rotate()
-            await self._vault.record(
-                AuditEntry(principal.subject, "RotateMasterKey", "", version)
-            )
+            try:
+                version = await self._runtime.rotator.rotate(
+                    self._runtime.audit, principal.subject
+                )
+            except Unavailable:
+                self._runtime.health.mark_down()
+                raise
         progress = await self._runtime.rotator.progress()
         return pb.RotateMasterKeyResponse(
             master_key_version=version, rewrap=_progress(progress)

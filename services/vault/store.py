@@ -107,10 +107,10 @@ class VaultStore:
         return [(int(version), bytes(wrapped)) for version, wrapped in rows]
 
     async def insert_master_key(
-        self, version: int, wrapped: bytes, now_ms: int
+        self, version: int, wrapped: bytes, now_ms: int, tx: Executor | None = None
     ) -> None:
         """Raises `UniqueViolation` if another replica added this version first."""
-        await self.db.execute(
+        await (tx or self.db).execute(
             "INSERT INTO vault_master_keys (version, wrapped_key, create_time_ms)"
             " VALUES (%s, %s, %s)",
             (version, wrapped, now_ms),

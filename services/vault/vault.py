@@ -69,6 +69,7 @@ class SecretVault:
         max_versions: int,
         fallback: FallbackSecrets,
         reload_keyring: Callable[[], Awaitable[None]] | None = None,
+        read_patience_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._cipher = cipher
@@ -79,6 +80,10 @@ class SecretVault:
         self._max_versions = max_versions
         self._fallback = fallback
         self._reload = reload_keyring
+        # How long a read held in memory waits for the database (a stalled
+        # network answers nothing until the statement timeout) before it is
+        # served from memory as during an outage.
+        self._read_patience = read_patience_seconds
 
     def digest(self, value: bytes) -> str:
         return value_hmac(self._hmac_key, value)
@@ -295,7 +300,7 @@ class SecretVault:
 
         try:
             plain: Plaintext = await self._read_with_fresh_keyring(
-                key_id, version, then
+                key_id, version, then, self._patience_for(key_id, version)
             )
         except Unavailable:
             self._health.mark_down()
@@ -311,18 +316,28 @@ class SecretVault:
             return plain
         return plain
 
+    def _patience_for(self, key_id: str, version: int) -> float | None:
+        if self._cache.lookup(key_id, version) is None:
+            return None  # nothing to fall back on: wait for the database
+        return self._read_patience
+
     async def _read_with_fresh_keyring(
-        self, key_id: str, version: int, then: ReadContinuation
+        self, key_id: str, version: int, then: ReadContinuation, patience: float | None
     ) -> Plaintext:
+        async def read() -> Plaintext:
+            plain: Plaintext = await self._audit.read(
+                key_id, version, then, patience, on_stall=self._health.mark_down
+            )
+            return plain
+
         try:
-            plain: Plaintext = await self._audit.read(key_id, version, then)
+            return await read()
         except DataLoss as error:
             if error.reason != "MASTER_KEY_VERSION_UNKNOWN" or self._reload is None:
                 raise
             # Another replica rotated the master key: learn the new version.
             await self._reload()
-            plain = await self._audit.read(key_id, version, then)
-        return plain
+            return await read()
 
     def _from_fallback(
         self, actor: str, key_id: str, version: int

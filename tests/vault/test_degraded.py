@@ -19,7 +19,12 @@ from tests.harness.db_fixtures import FaultProxyFactory
 from tests.harness.fault_proxy import FaultProxy, host_port
 from tests.harness.grpc_errors import error_info
 from tests.harness.tokens import LocalIssuer
-from tests.vault.conftest import RunningVault, running_vault, vault_settings
+from tests.vault.conftest import (
+    RunningVault,
+    VaultClient,
+    running_vault,
+    vault_settings,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -204,3 +209,83 @@ async def test_cut_during_concurrent_writes_loses_no_acknowledged_write(
         )
         for number in range(metadata.oldest_version, metadata.current_version + 1):
             assert (await client.get(key, version=number)).version == number
+
+
+async def get_within(client: VaultClient, key_id: str) -> pb.GetSecretResponse:
+    """A read with a deadline well above the vault's database timeout (0.5 s
+    in these tests) and well below PostgreSQL's statement timeout (10 s)."""
+    request = pb.GetSecretRequest(key_id=key_id)
+    response: pb.GetSecretResponse = await client.stub.GetSecret(
+        request, metadata=client.metadata(), timeout=6
+    )
+    return response
+
+
+async def test_reads_held_in_memory_answer_during_a_stall_within_the_db_timeout(
+    proxied: ProxiedVault,
+) -> None:
+    # A stalled network (no reset, nothing answers) must not hold a read this
+    # replica could serve from memory for the whole statement timeout (10 s):
+    # it gives up on the database after its own timeout (0.5 s here).
+    client = proxied.client
+    await client.put("llm/openai", b"sk-1")
+    await client.get("llm/openai")
+
+    proxied.proxy.stall()
+    during = await get_within(client, "llm/openai")
+    again = await get_within(client, "llm/openai")
+
+    assert (during.value, during.stale, during.source) == (b"sk-1", True, "memory")
+    assert (again.value, again.stale, again.source) == (b"sk-1", True, "memory")
+
+
+async def test_a_read_given_up_during_a_stall_is_audited_once(
+    proxied: ProxiedVault,
+) -> None:
+    # The read's batch is still pending when it falls back to memory; once
+    # the stall ends that batch commits, and the chain must hold the read's
+    # event exactly once (from the spool), not again from the batch.
+    client = proxied.client
+    await client.put("k", b"v1")
+    await client.get("k")
+    proxied.proxy.stall()
+    during = await get_within(client, "k")
+
+    proxied.proxy.restore()
+    await wait_until_available(client)
+    after = await client.get("k")
+    events = await client.call(
+        "ListAuditEvents", pb.ListAuditEventsRequest(key_id="k", action="GetSecret")
+    )
+    chain = await client.call("VerifyAuditLog", pb.VerifyAuditLogRequest())
+
+    assert (during.source, after.source) == ("memory", "database")
+    assert len(events.events) == 3
+    assert chain.intact
+
+
+async def test_a_stall_is_noticed_even_when_the_readers_gave_up_first(
+    proxied: ProxiedVault,
+) -> None:
+    # Callers with deadlines shorter than the database timeout (llm's) go
+    # before the read gives up on the database: the replica must still turn
+    # to memory, or every such caller times out until the statement timeout.
+    client = proxied.client
+    await client.put("k", b"v1")
+    await client.get("k")
+    proxied.proxy.stall()
+
+    reader = asyncio.create_task(proxied.vault.runtime.vault.get("tester", "k", 0))
+    await asyncio.sleep(0)  # the read is queued for the database
+    reader.cancel()
+    health = proxied.vault.runtime.health
+    for _ in range(100):  # a deadline well under the statement timeout
+        if health.degraded:
+            break
+        await asyncio.sleep(0.05)
+    degraded = health.degraded
+    during = await get_within(client, "k")
+
+    assert reader.cancelled()
+    assert degraded
+    assert (during.value, during.source) == (b"v1", "memory")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import grpc
 import psycopg
@@ -11,9 +12,10 @@ import pytest
 
 from empire.vault.v1 import vault_service_pb2 as pb
 from services.vault.envelope import SealedValue
-from services.vault.records import VersionRecord
+from services.vault.records import AuditRecord, VersionRecord
 from services.vault.store import VaultStore
-from shared.db import Executor, open_database
+from shared.db import Executor, UniqueViolation, open_database
+from shared.errors import Unavailable
 from tests.harness.grpc_errors import error_info
 from tests.harness.tokens import LocalIssuer
 from tests.vault.conftest import RunningVault, running_vault, vault_settings
@@ -93,11 +95,10 @@ class HeldRewrap:
 async def hold_a_rewrap(
     vault: RunningVault, monkeypatch: pytest.MonkeyPatch
 ) -> HeldRewrap:
-    """Rotates the master key (past the API, whose audit event would queue
-    behind the held batch) and returns once its rewrap is held."""
+    """Rotates the master key and returns once its rewrap is held."""
     held = HeldRewrap(vault.runtime.store)
     monkeypatch.setattr(vault.runtime.store, "store_rewrapped", held)
-    await vault.runtime.rotator.rotate()
+    await vault.runtime.rotator.rotate(vault.runtime.audit, "tester")
     await asyncio.wait_for(held.reached.wait(), 10)
     return held
 
@@ -214,13 +215,12 @@ async def test_rewrap_retries_after_losing_a_deadlock_to_a_writer(
         try:
             # The writer holds b; the rewrap takes a, then waits for b; the
             # writer then asks for a, and PostgreSQL aborts the rewrap's
-            # transaction, which waited longer. (Rotated past the API, whose
-            # audit event would queue behind the rewrap holding the chain.)
+            # transaction, which waited longer.
             await writer.execute("SET deadlock_timeout = '30s'")
             await writer.execute(
                 "SELECT 1 FROM vault_versions WHERE key_id = 'b' FOR UPDATE"
             )
-            await vault.runtime.rotator.rotate()
+            await vault.runtime.rotator.rotate(vault.runtime.audit, "tester")
             await wait_for_lock_waiter(writer)
             await writer.execute(
                 "UPDATE vault_versions SET create_time_ms = create_time_ms"
@@ -247,3 +247,41 @@ async def wait_for_lock_waiter(conn: psycopg.AsyncConnection[object]) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the rewrap never waited for the writer's lock")
+
+
+async def test_a_rotation_whose_event_cannot_be_recorded_does_not_happen(
+    vault: RunningVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = vault.runtime.store
+    append_audit = store.append_audit
+
+    async def refusing(tx: Executor, events: Sequence[AuditRecord]) -> None:
+        if any(event.action == "RotateMasterKey" for event in events):
+            raise Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE")
+        await append_audit(tx, events)
+
+    monkeypatch.setattr(store, "append_audit", refusing)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+    monkeypatch.undo()
+    status = await vault.client.status()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Fail-closed: no unrecorded key in the keyring, stored or in use.
+    assert [version for version, _ in await store.master_keys()] == [1]
+    assert vault.runtime.cipher.keyring.current_version == 1
+    assert status.master_key_version == 1
+
+
+async def test_a_rotation_that_keeps_clashing_with_replicas_is_aborted(
+    vault: RunningVault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def taken(*args: object, **kwargs: object) -> None:
+        raise UniqueViolation("vault_master_keys_pkey")
+
+    monkeypatch.setattr(vault.runtime.store, "insert_master_key", taken)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(caught.value).reason == "AUDIT_CONFLICT"
