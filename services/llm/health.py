@@ -29,6 +29,9 @@ class ProviderHealth:
     last_check_time: float = 0.0  # epoch seconds
     last_check_ok: bool = False
     last_success: float = 0.0  # monotonic seconds of the last good attempt
+    # Until when (monotonic) the provider asked, with a `Retry-After`, to be
+    # left alone; every request of this replica honours it.
+    paced_until: float = 0.0
 
     def latency_percentile(self, fraction: float) -> float:
         return percentile(list(self.latencies), fraction)
@@ -77,21 +80,37 @@ class HealthBoard:
     ) -> None:
         """Count a failure against the provider; a refusal of the request's own
         making (an HTTP 4xx answer) proves the provider answers and counts as
-        a success; anything else gives no verdict and only frees the circuit's
-        probe slot, so it can never close a half-open circuit. Only the
-        attempt holding the probe slot (`admission`) decides a half-open
-        circuit."""
+        a success; a 429 with an honoured `Retry-After`, and anything else,
+        gives no verdict and only frees the circuit's probe slot, so it can
+        never close a half-open circuit. Only the attempt holding the probe
+        slot (`admission`) decides a half-open circuit."""
         record = self.get(provider_id)
         record.last_error_class = failure.error_class
         record.last_error = failure.message
         record.last_error_time = time.time()
-        if failure.error_class.counts_against_provider:
+        wait = self._honoured_wait(failure)
+        if wait is not None:
+            # The provider is up and said when to come back; requests honour
+            # that wait. Counted, a run of short waits would open the circuit
+            # for a cool-down far longer than the provider asked for.
+            record.paced_until = max(record.paced_until, self._clock() + wait)
+            record.breaker.release(admission)
+        elif failure.error_class.counts_against_provider:
             trip = failure.error_class is ErrorClass.AUTHENTICATION
             record.breaker.record_failure(admission, trip=trip)
         elif failure.refusal:
             record.breaker.record_success(admission)
         else:
             record.breaker.release(admission)
+
+    def _honoured_wait(self, failure: ProviderFailure) -> float | None:
+        """The `Retry-After` of a rate limit when the router honours it (more
+        than 0, at most `max_retry_after_seconds`), else None: a 429 asking
+        for no wait paces nothing, so it counts like one without a hint."""
+        wait = failure.retry_after
+        if failure.error_class is not ErrorClass.RATE_LIMITED or wait is None:
+            return None
+        return wait if 0 < wait <= self._policy.max_retry_after_seconds else None
 
     def record_check(self, provider_id: str, ok: bool) -> None:
         record = self.get(provider_id)

@@ -4,6 +4,8 @@ A key named `llm/openai` is read from `EMPIRE_LLM_PROVIDER_KEY_LLM_OPENAI` when
 that variable is set (local development), else from the vault with the
 service's own token, and kept in memory for a while. A key the provider
 rejects is dropped from memory, so a rotated key is picked up on the next try.
+While the vault cannot be asked, the key read before stays in use: a vault
+outage alone takes no provider out of service.
 """
 
 from __future__ import annotations
@@ -19,10 +21,25 @@ from typing import Any
 import grpc
 
 from services.llm.models import ErrorClass, ProviderFailure
+from shared.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "EMPIRE_LLM_PROVIDER_KEY_"
+# Vault answers that say it could not be asked, not that the key is gone.
+_OUTAGE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+
+
+class VaultUnreachable(ProviderFailure):
+    """The vault could not be asked for a key (down, slow, or no token for it)."""
 
 
 def env_name(key_id: str) -> str:
@@ -63,7 +80,16 @@ class ApiKeySource:
             cached = self._cached.get(key_id)
             if cached is not None and cached[1] > self._clock():
                 return cached[0]
-            value = await self._read_vault(key_id)
+            try:
+                value = await self._read_vault(key_id)
+            except VaultUnreachable:
+                if cached is None:
+                    raise
+                logger.warning("vault unreachable; API key %s read before kept", key_id)
+                value = cached[0]
+            except ProviderFailure:
+                self._cached.pop(key_id, None)  # gone or refused: never reuse it
+                raise
             self._cached[key_id] = (value, self._clock() + self._cache_seconds)
             return value
 
@@ -86,8 +112,21 @@ class ApiKeySource:
             logger.warning(
                 "API key %s not read from the vault: %s", key_id, error.code().name
             )
-            raise ProviderFailure(
+            failure = (
+                VaultUnreachable if error.code() in _OUTAGE_CODES else ProviderFailure
+            )
+            raise failure(
                 ErrorClass.CREDENTIALS_UNAVAILABLE,
                 f"the vault did not give the API key ({error.code().name})",
+            ) from None
+        except Unavailable as error:
+            # No token to call the vault with (auth unreachable): the vault
+            # could not be asked, which is no reason to end the request.
+            logger.warning(
+                "API key %s not read: no token for the vault (%s)", key_id, error.reason
+            )
+            raise VaultUnreachable(
+                ErrorClass.CREDENTIALS_UNAVAILABLE,
+                f"the vault could not be asked for the API key ({error.reason})",
             ) from None
         return bytes(response.value).decode("utf-8").strip()

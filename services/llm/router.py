@@ -111,7 +111,10 @@ class RequestRun:
         if provider.model in self.excluded_models:
             return False
         window = provider.context_window
-        if self.min_context_window and window and window < self.min_context_window:
+        # After a known window overflowed, an unknown one (0) is no larger: it
+        # may be a local server's few thousand tokens, or one that cuts the
+        # prompt to fit instead of refusing it.
+        if self.min_context_window and window < self.min_context_window:
             return False
         floor = self.request.prompt_chars // CHARS_PER_TOKEN_FLOOR
         return not (window and floor > window)
@@ -297,7 +300,10 @@ class ProviderRouter:
             now = loop.time()
             wake = run.deadline
             for provider in candidates:
-                ready = run.ready_at.get(provider.provider_id, 0.0)
+                ready = max(
+                    run.ready_at.get(provider.provider_id, 0.0),
+                    self.health.get(provider.provider_id).paced_until,
+                )
                 if ready > now:
                     wake = min(wake, ready)
                     if provider.provider_id == run.preferred:
@@ -540,10 +546,18 @@ class ProviderRouter:
                 f" of route {route}",
                 reason="CONTEXT_LENGTH_EXCEEDED",
             )
-        if asyncio.get_running_loop().time() >= run.deadline - 0.001:
+        now = asyncio.get_running_loop().time()
+        if now >= run.deadline - 0.001:
             return DeadlineExceeded(
                 f"route {route}: the deadline passed before a provider was free",
                 reason="DEADLINE_EXCEEDED",
+            )
+        if any(self.health.get(p.provider_id).paced_until > now for p in run.plan):
+            return Unavailable(
+                f"route {route}: every provider asked to be left alone (Retry-After)"
+                " or has its circuit open until after the deadline",
+                reason="RATE_LIMITED",
+                metadata=_attempts_metadata(run),
             )
         return Unavailable(
             f"route {route}: every provider's circuit is open and no probe is"

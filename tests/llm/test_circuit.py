@@ -612,3 +612,56 @@ async def test_a_probe_ended_by_a_bug_of_this_service_frees_the_probe_slot(
 
     assert response.content == DEFAULT_REPLY
     assert (await state_of(llm, "primary")).state == pb.CIRCUIT_STATE_CLOSED
+
+
+async def test_a_lone_provider_pacing_itself_with_retry_after_keeps_its_circuit(
+    issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
+) -> None:
+    # More 429s in a row than open a circuit, each asking for a short wait;
+    # an opened circuit would shut the provider out far beyond the deadline.
+    policy = dataclasses.replace(
+        FAST_POLICY, breaker_cooldown_seconds=60, breaker_cooldown_max_seconds=120
+    )
+    paced = policy.breaker_consecutive_failures
+    async for llm in start_llm(issuer, sqlite_url, policy=policy):
+        await llm.client.put("primary", openai_primary)
+        openai_primary.inject(faults.rate_limited(retry_after=0.1), times=paced)
+
+        response = await llm.client.complete(timeout=10)
+        following = await llm.client.complete(timeout=10)
+        state = (await state_of(llm, "primary")).state
+
+    assert response.content == following.content == DEFAULT_REPLY
+    assert [a.error_class for a in response.failed_attempts] == [
+        pb.ERROR_CLASS_RATE_LIMITED
+    ] * paced
+    assert not following.failed_attempts
+    assert openai_primary.completions == paced + 2
+    assert state == pb.CIRCUIT_STATE_CLOSED
+
+
+@pytest.mark.parametrize(
+    "retry_after, counted",
+    [
+        pytest.param(0.5, False, id="honoured-retry-after"),
+        pytest.param(None, True, id="no-retry-after"),
+        pytest.param(0.0, True, id="retry-after-0"),
+        pytest.param(3600.0, True, id="retry-after-beyond-the-policy"),
+    ],
+)
+def test_only_a_429_without_an_honoured_retry_after_counts_against_the_circuit(
+    retry_after: float | None, counted: bool
+) -> None:
+    board = HealthBoard(FAST_POLICY, Clock())
+    breaker = board.get("p").breaker
+    for _ in range(FAST_POLICY.breaker_consecutive_failures):
+        failure = ProviderFailure(
+            ErrorClass.RATE_LIMITED,
+            "the provider is rate limiting",
+            http_status=429,
+            retry_after=retry_after,
+        )
+        board.record_failure("p", failure, admitted(breaker))
+
+    opened = breaker.state is CircuitState.OPEN
+    assert opened is counted

@@ -13,9 +13,13 @@ import pytest
 from empire.llm.v1 import llm_service_pb2 as pb
 from empire.vault.v1 import vault_service_pb2 as vault_pb
 from services.cache.app import create_service as create_cache_service
+from services.llm.keys import ApiKeySource
+from services.llm.models import ErrorClass, ProviderFailure
 from shared.clients import connect
+from shared.errors import Unavailable
 from tests.cache.conftest import cache_settings, put_route
 from tests.harness import fake_providers as faults
+from tests.harness.db_fixtures import FaultProxyFactory
 from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
 from tests.harness.grpc_errors import error_info
 from tests.harness.servers import serve
@@ -96,6 +100,69 @@ async def test_api_key_from_the_vault_and_its_rotation_after_a_401(
     assert error_info(caught.value).metadata["attempts"] == "p:AUTHENTICATION"
     presented = [r.headers["authorization"] for r in fake.requests]
     assert presented == ["Bearer sk-first", "Bearer sk-first", "Bearer sk-second"]
+
+
+async def test_a_vault_outage_keeps_serving_with_the_key_read_before(
+    issuer: LocalIssuer,
+    sqlite_url: str,
+    tmp_path: object,
+    fault_proxy: FaultProxyFactory,
+) -> None:
+    vault_url = f"sqlite:///{tmp_path}/vault.db"
+    settings = vault_settings(vault_url, os.urandom(32))
+    async with running_vault(settings, issuer) as vault:
+        await vault.client.put("llm/openai", b"sk-first")
+        host, port = vault.target.rsplit(":", 1)
+        proxy = await fault_proxy(host, int(port))
+
+        def token() -> str:
+            return issuer.token(scopes=["secrets:read:llm/"], subject="llm")
+
+        async with FakeProvider("openai", api_key="sk-first") as fake:
+            async for llm in start_llm(
+                issuer,
+                sqlite_url,
+                vault_target=f"127.0.0.1:{proxy.port}",
+                token=token,
+                key_cache_seconds=0.0,  # every request asks the vault again
+            ):
+                await llm.client.put("p", fake, api_key_id="llm/openai")
+                before = await llm.client.complete()
+                proxy.cut()
+                during = await llm.client.complete()
+                health = await llm.client.call(
+                    "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="p")
+                )
+
+    assert before.content == during.content == DEFAULT_REPLY
+    assert not during.failed_attempts
+    presented = [r.headers["authorization"] for r in fake.requests]
+    assert presented == ["Bearer sk-first", "Bearer sk-first"]
+    assert health.providers[0].state == pb.CIRCUIT_STATE_CLOSED
+
+
+async def test_an_auth_outage_before_the_vault_read_fails_over(
+    issuer: LocalIssuer, sqlite_url: str
+) -> None:
+    async def token() -> str:
+        raise Unavailable("auth is unreachable", reason="AUTH_UNAVAILABLE")
+
+    async with FakeProvider("openai") as keyed, FakeProvider("openai") as local:
+        async for llm in start_llm(
+            issuer,
+            sqlite_url,
+            vault_target=f"127.0.0.1:{closed_port()}",
+            token=token,
+        ):
+            await llm.client.put("keyed", keyed, priority=0, api_key_id="llm/openai")
+            await llm.client.put("local", local, priority=1)
+            response = await llm.client.complete()
+
+    assert response.provider_id == "local"
+    assert [(a.provider_id, a.error_class) for a in response.failed_attempts] == [
+        ("keyed", pb.ERROR_CLASS_CREDENTIALS_UNAVAILABLE)
+    ]
+    assert keyed.completions == 0
 
 
 async def test_deterministic_requests_are_served_from_the_cache_service(
@@ -188,3 +255,48 @@ async def test_prompts_and_keys_never_reach_the_logs(
     )
     assert prompt not in logged
     assert "sk-key-0815" not in logged
+
+
+class FlakyVault:
+    """A vault stand-in that answers each GetSecret with the next outcome."""
+
+    def __init__(self, *outcomes: bytes | grpc.StatusCode) -> None:
+        self.outcomes = list(outcomes)
+
+    async def GetSecret(self, request: object) -> vault_pb.GetSecretResponse:  # noqa: N802
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, grpc.StatusCode):
+            metadata = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(outcome, metadata, metadata)
+        return vault_pb.GetSecretResponse(value=outcome)
+
+
+@pytest.mark.parametrize(
+    "forget",
+    [
+        pytest.param("rejected", id="rejected-by-the-provider"),
+        pytest.param(grpc.StatusCode.NOT_FOUND, id="deleted-from-the-vault"),
+        pytest.param(grpc.StatusCode.PERMISSION_DENIED, id="no-longer-readable"),
+    ],
+)
+async def test_a_key_rejected_or_withdrawn_is_not_brought_back_by_an_outage(
+    forget: str | grpc.StatusCode,
+) -> None:
+    outage = grpc.StatusCode.UNAVAILABLE
+    steps: list[bytes | grpc.StatusCode] = [b"sk-old", outage]
+    if isinstance(forget, grpc.StatusCode):
+        steps.append(forget)
+    steps.append(outage)
+    keys = ApiKeySource(environ={}, vault=FlakyVault(*steps), cache_seconds=0.0)
+
+    assert await keys.get("llm/openai") == "sk-old"
+    assert await keys.get("llm/openai") == "sk-old"  # the outage keeps it
+    if isinstance(forget, grpc.StatusCode):
+        with pytest.raises(ProviderFailure):
+            await keys.get("llm/openai")
+    else:
+        keys.invalidate("llm/openai")
+    with pytest.raises(ProviderFailure) as caught:
+        await keys.get("llm/openai")
+
+    assert caught.value.error_class is ErrorClass.CREDENTIALS_UNAVAILABLE

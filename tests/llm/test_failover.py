@@ -192,6 +192,48 @@ async def test_rate_limit_with_retry_after_fails_over_to_a_ready_provider(
     assert watch.seconds < min(retry_after, NO_TIMEOUT_WAITED)
 
 
+async def test_a_retry_after_holds_back_the_following_requests_too(
+    llm: RunningLlm, openai_primary: FakeProvider, openai_fallback: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary, priority=0)
+    await llm.client.put("fallback", openai_fallback, priority=1)
+    # Far longer than the two requests take on a loaded machine.
+    openai_primary.inject(faults.rate_limited(retry_after=4), times=1)
+
+    first = await llm.client.complete(timeout=10)
+    second = await llm.client.complete(timeout=10)
+
+    assert first.provider_id == second.provider_id == "fallback"
+    assert classes(first) == [("primary", pb.ERROR_CLASS_RATE_LIMITED)]
+    # The provider asked for quiet: the next request went straight elsewhere.
+    assert not second.failed_attempts
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 2)
+
+
+async def test_a_retry_after_beyond_a_new_requests_deadline_fails_it_fast(
+    llm: RunningLlm, openai_primary: FakeProvider
+) -> None:
+    await llm.client.put("primary", openai_primary)
+    await llm.client.complete()  # the client is made and warm
+    retry_after = 4.0  # far longer than the next two requests take
+    openai_primary.inject(faults.rate_limited(retry_after=retry_after), times=1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as limited:
+        await llm.client.complete(timeout=1.5)
+    with pytest.raises(grpc.aio.AioRpcError) as held_back:
+        await llm.client.complete(timeout=1.5)
+    seen = openai_primary.completions
+    patient = await llm.client.complete(timeout=15)
+
+    assert error_info(limited.value).metadata["attempts"] == "primary:RATE_LIMITED"
+    assert held_back.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(held_back.value).reason == "RATE_LIMITED"
+    assert seen == 2  # the second request never reached the provider
+    assert patient.content == DEFAULT_REPLY and not patient.failed_attempts
+    gap = openai_primary.requests[2].at - openai_primary.requests[1].at
+    assert gap >= retry_after
+
+
 async def test_rate_limit_whose_retry_after_exceeds_the_deadline_fails_fast(
     issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
 ) -> None:
@@ -364,6 +406,44 @@ async def test_context_length_with_no_larger_window_names_the_messages(
     assert info.metadata["field"] == "messages"
     assert openai_primary.completions == 1
     assert watch.seconds < NO_TIMEOUT_WAITED
+
+
+@pytest.mark.parametrize(
+    "large_window",
+    [pytest.param(100_000, id="a-larger-window"), pytest.param(None, id="none")],
+)
+async def test_context_length_skips_providers_whose_window_is_unknown(
+    llm: RunningLlm, large_window: int | None
+) -> None:
+    # The unknown window may well be smaller (a local server's), and some such
+    # servers cut an overlong prompt instead of refusing it.
+    small = await FakeProvider("openai", model="small", context_window=5).start()
+    unknown = await FakeProvider("openai", model="unknown").start()
+    large = await FakeProvider("anthropic", model="large").start()
+    try:
+        await llm.client.put("small", small, priority=0, context_window=5)
+        await llm.client.put("unknown", unknown, priority=1)
+        if large_window is not None:
+            await llm.client.put("large", large, priority=2, context_window=100_000)
+
+        outcome: pb.CompleteResponse | grpc.aio.AioRpcError
+        try:
+            outcome = await llm.client.complete("one two three four five six seven")
+        except grpc.aio.AioRpcError as error:
+            outcome = error
+
+        assert unknown.completions == 0
+        if large_window is None:
+            assert isinstance(outcome, grpc.aio.AioRpcError)
+            assert outcome.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info(outcome).reason == "CONTEXT_LENGTH_EXCEEDED"
+        else:
+            assert isinstance(outcome, pb.CompleteResponse)
+            assert outcome.provider_id == "large"
+        assert small.completions == 1
+    finally:
+        for fake in (small, unknown, large):
+            await fake.close()
 
 
 async def test_prompt_surely_beyond_every_window_is_refused_without_a_call(
