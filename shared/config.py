@@ -7,6 +7,7 @@ and the process stops before it serves anything.
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -81,6 +82,10 @@ class Env:
             number = float(value)
         except ValueError:
             raise self._error(name, value, "a number") from None
+        if not math.isfinite(number):
+            # NaN passes every range check (all its comparisons are false): a
+            # NaN leeway would let expired tokens through.
+            raise self._error(name, value, "a finite number")
         self._check_range(name, number, minimum, maximum)
         return number
 
@@ -191,7 +196,15 @@ def load_server_settings(service: str, env: Env | None = None) -> ServerSettings
 
 def database_url(env: Env, service: str) -> str:
     """`EMPIRE_<SVC>_DATABASE_URL`, by default the embedded `sqlite:///var/<svc>.db`."""
-    return env.str(f"{service.upper()}_DATABASE_URL", f"sqlite:///var/{service}.db")
+    name = f"{service.upper()}_DATABASE_URL"
+    url = env.str(name, f"sqlite:///var/{service}.db")
+    if not url.startswith(("postgresql://", "postgres://", "sqlite://")):
+        # Checked here, not when the database opens, so the error names the
+        # variable; the value itself is not shown, as it may hold a password.
+        raise SettingsError(
+            f"{PREFIX}{name}: expected a postgresql:// or sqlite:// URL"
+        )
+    return url
 
 
 def database_timeout_seconds(env: Env, service: str) -> float:

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shared.config import Env, load_server_settings
+from shared.config import Env, ServerSettings, load_server_settings
 
 SERVICES = ("auth", "vault", "cache", "llm")
 STOP_TIMEOUT_SECONDS = 15.0
@@ -22,6 +22,28 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     settings = {name: load_server_settings(name, Env()) for name in SERVICES}
     children: dict[str, subprocess.Popen[bytes]] = {}
+    # Before the first child starts: a Ctrl-C or SIGTERM while auth is still
+    # starting must stop what has started, not leave it running on its ports.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _start_children(children, settings, env)
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        failed = [name for name, child in children.items() if child.poll() is not None]
+        print(f"stopping: {', '.join(failed)} exited", file=sys.stderr)
+        return_code = 1
+    except KeyboardInterrupt:
+        return_code = 0
+    _stop(children)
+    return return_code
+
+
+def _start_children(
+    children: dict[str, subprocess.Popen[bytes]],
+    settings: dict[str, ServerSettings],
+    env: dict[str, str],
+) -> None:
+    """Starts the services in order into `children`, then says where they are."""
     for name in SERVICES:
         children[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"], env=env
@@ -39,18 +61,6 @@ def main() -> int:
         )
     auth = settings["auth"]
     print(f"  JWKS   http://{auth.host}:{auth.http_port}/.well-known/jwks.json\n")
-
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while all(child.poll() is None for child in children.values()):
-            time.sleep(0.5)
-        failed = [name for name, child in children.items() if child.poll() is not None]
-        print(f"stopping: {', '.join(failed)} exited", file=sys.stderr)
-        return_code = 1
-    except KeyboardInterrupt:
-        return_code = 0
-    _stop(children)
-    return return_code
 
 
 def _wait_for_auth(jwks_url: str, auth: subprocess.Popen[bytes]) -> None:

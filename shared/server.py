@@ -10,12 +10,13 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared.access import rules_for_services
 from shared.authn import HttpJwksSource, JwksTokenVerifier, TokenVerifier
 from shared.config import ServerSettings, SettingsError
+from shared.errors import InvalidArgument
 from shared.interceptor import ServerInterceptor
 from shared.logs import configure_logging
 from shared.revocations import HttpRevocationSource, RevocationList
@@ -145,7 +147,10 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError:
+        raise _cannot_listen(settings, "PORT", settings.port) from None
     if isinstance(verifier, JwksTokenVerifier):
         # Before serving: the first list of revoked tokens is fetched now.
         await verifier.start()
@@ -158,7 +163,14 @@ async def start_server(
     for name in ["", *service.service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    http_runner, http_port = await _start_http(service, settings)
+    try:
+        http_runner, http_port = await _start_http(service, settings)
+    except BaseException:
+        # Nothing may keep serving gRPC when the service fails to start.
+        await server.stop(0)
+        if isinstance(verifier, JwksTokenVerifier):
+            await verifier.close()
+        raise
     return RunningServer(
         service,
         server,
@@ -193,7 +205,9 @@ class _WrappingRegistration:
         self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
         wrapped = {
-            name: self._interceptor.wrap(f"/{service_name}/{name}", handler)
+            name: self._interceptor.wrap(
+                f"/{service_name}/{name}", _refusing_undecodable(handler)
+            )
             for name, handler in method_handlers.items()
         }
         self._server.add_generic_rpc_handlers(
@@ -208,6 +222,75 @@ class _WrappingRegistration:
             raise RuntimeError(f"no servicer registered for {sorted(missing)}")
 
 
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _refusing_undecodable(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler`, answering a request that does not parse with INVALID_ARGUMENT.
+
+    gRPC itself answers UNKNOWN, with no ErrorInfo, no access line and no
+    metric, when the deserializer raises. Here the deserializer hands back a
+    marker instead, and the behaviour, which runs inside the interceptor (so
+    after authentication), raises the domain error for it.
+    """
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler  # raw bytes: nothing to parse
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    if handler.unary_unary or handler.unary_stream:
+        behaviour = handler.unary_unary or handler.unary_stream
+
+        def one_request(request: Any, context: Any) -> Any:
+            if request is _UNDECODABLE:
+                raise _malformed_request()
+            return behaviour(request, context)
+
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return make(one_request, deserialize, handler.response_serializer)
+
+    behaviour = handler.stream_unary or handler.stream_stream
+
+    def request_stream(requests: AsyncIterator[Any], context: Any) -> Any:
+        return behaviour(_checked_requests(requests), context)
+
+    make = (
+        grpc.stream_unary_rpc_method_handler
+        if handler.stream_unary
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return make(request_stream, deserialize, handler.response_serializer)
+
+
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNDECODABLE:
+            raise _malformed_request()
+        yield request
+
+
+def _malformed_request() -> InvalidArgument:
+    return InvalidArgument(
+        "request",
+        "is not a valid message of this method's request type (corrupt wire "
+        "format, or a string field that is not UTF-8)",
+        reason="MALFORMED_REQUEST",
+    )
+
+
 async def _start_http(
     service: Service, settings: ServerSettings
 ) -> tuple[web.AppRunner, int]:
@@ -218,8 +301,21 @@ async def _start_http(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise _cannot_listen(settings, "HTTP_PORT", settings.http_port) from None
     return runner, runner.addresses[0][1]
+
+
+def _cannot_listen(settings: ServerSettings, variable: str, port: int) -> SettingsError:
+    """Names the variables behind an address the service cannot listen on."""
+    return SettingsError(
+        f"EMPIRE_HOST, EMPIRE_{settings.service.upper()}_{variable}: cannot listen "
+        f"on {settings.host}:{port} (the port is in use, or the host is not an "
+        "address of this machine)"
+    )
 
 
 async def _metrics(_: web.Request) -> web.Response:
@@ -248,7 +344,13 @@ def main(
         raise SystemExit(2) from None
     server_settings: ServerSettings = settings.server  # type: ignore[attr-defined]
     configure_logging(server_settings.log_level)
-    asyncio.run(_serve_until_signalled(name, settings, server_settings, create_service))
+    try:
+        asyncio.run(
+            _serve_until_signalled(name, settings, server_settings, create_service)
+        )
+    except SettingsError as error:  # found only when starting: a host or port
+        print(f"{name}: cannot start: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def _serve_until_signalled(
