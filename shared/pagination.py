@@ -72,8 +72,9 @@ def decode_page_token(
         if data["k"] != kind or data["f"] != json.loads(json.dumps(filters)):
             raise ValueError("token for another listing or other filters")
         return read(data["p"])
-    # RecursionError: a forged token of deeply nested JSON (the digest only
-    # catches accidents, anyone can compute it).
+    # The digest only catches accidents (anyone can compute it), so a forged
+    # token may hold deeply nested JSON (RecursionError) or Infinity where a
+    # number is read (OverflowError).
     except (
         binascii.Error,
         ValueError,
@@ -81,6 +82,7 @@ def decode_page_token(
         KeyError,
         IndexError,
         RecursionError,
+        OverflowError,
     ):
         raise InvalidArgument(
             "page_token",

@@ -23,6 +23,7 @@ MAX_CREDENTIAL_CHARS = 512
 MAX_ACCESS_TOKEN_CHARS = MAX_TOKEN_BYTES
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_INT64 = 2**63 - 1
 
 
 def require_text(value: str, field: str, max_chars: int) -> str:
@@ -119,4 +120,8 @@ def _created_and_id(position: Any) -> tuple[int, str]:
     created, item_id = position
     if not isinstance(created, int) or not isinstance(item_id, str) or not item_id:
         raise ValueError("not a (created_ms, id) position")
+    # Anyone can forge a token's digest; a time past BIGINT would reach the
+    # store's query and fail there instead of here.
+    if not -MAX_INT64 <= created <= MAX_INT64:
+        raise ValueError("created_ms out of range")
     return created, item_id

@@ -61,9 +61,13 @@ class CacheServicer(pb_grpc.CacheServiceServicer):
             raise InvalidArgument(
                 "route_config", "is required", reason="MISSING_ROUTE_CONFIG"
             )
-        # `source` and `update_time` are output only: whatever the caller sent.
+        # `source` and `update_time` are output only: whatever the caller sent,
+        # even a time out of the Timestamp range, which would not convert.
+        config = pb.RouteConfig()
+        config.CopyFrom(request.route_config)
+        config.ClearField("update_time")
         route = dataclasses.replace(
-            route_from_proto(request.route_config), source=pb.CONFIG_SOURCE_API
+            route_from_proto(config), source=pb.CONFIG_SOURCE_API
         )
         stored = await self._engine.routes.put(route)
         await self._engine.publish_config_change(stored.route_id)

@@ -230,4 +230,8 @@ class LlmServicer(llm_service_pb2_grpc.LlmServiceServicer):
 
 def _provider_position(position: Any) -> tuple[str, int, str]:
     route, priority, provider_id = position
-    return (str(route), int(priority), str(provider_id))
+    # Anyone can forge a token's digest: int() of a JSON infinity would raise
+    # OverflowError, which the token decoder does not turn into a bad token.
+    if type(priority) is not int:
+        raise TypeError("not a provider position")
+    return (str(route), priority, str(provider_id))

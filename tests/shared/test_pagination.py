@@ -115,3 +115,13 @@ def test_forged_token_of_deeply_nested_json_is_invalid_not_internal() -> None:
         decode_page_token(token, _pair, kind="keys")
 
     assert caught.value.field == "page_token"
+
+
+def test_forged_token_with_an_infinite_position_is_invalid_not_internal() -> None:
+    document = b'{"k":"keys","f":null,"p":Infinity}'
+    token = base64.urlsafe_b64encode(_digest(document) + document).decode()
+
+    with pytest.raises(InvalidArgument) as caught:
+        decode_page_token(token, int, kind="keys")
+
+    assert caught.value.field == "page_token"
