@@ -74,7 +74,10 @@ async def open_runtime(
     token = token or _token_source(settings, closers)
     vault = _client(settings.vault_target, "vault", token, settings, closers)
     keys = ApiKeySource(
-        environ=environ, vault=vault, cache_seconds=settings.key_cache_seconds
+        environ=environ,
+        vault=vault,
+        cache_seconds=settings.key_cache_seconds,
+        timeout_seconds=settings.dependency_timeout_seconds,
     )
     pool = ClientPool(keys)
     closers.append(pool.close)

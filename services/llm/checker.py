@@ -71,12 +71,15 @@ class HealthChecker:
         await asyncio.gather(*(self.check(p) for p in providers))
 
     async def check(self, provider: ProviderConfig) -> bool | None:
-        """Check one provider; None when its circuit allowed no check now."""
+        """Check one provider; None when its circuit, or the wait it asked
+        for with a `Retry-After`, allowed no check now."""
         record = self._health.get(provider.provider_id)
+        loop = asyncio.get_running_loop()
+        if record.paced_until > loop.time():
+            return None  # a check is a request too: honour the wait
         admission = record.breaker.try_acquire()
         if admission is None:
             return None
-        loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             async with asyncio.timeout(provider.request_timeout_seconds):

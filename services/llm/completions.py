@@ -93,7 +93,7 @@ class CompletionService:
 
     async def _from_cache(self, run: RequestRun) -> Outcome | None:
         assert self.cache is not None
-        hit = await self.cache.lookup(run.request)
+        hit = await self.cache.lookup(run.request, run.deadline)
         if hit is None:
             return None
         provider = self.router.registry.get(hit.provider_id) or ProviderConfig(

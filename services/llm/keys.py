@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from services.llm.dependencies import dependency_budget
 from services.llm.models import ErrorClass, ProviderFailure
 from shared.errors import Unavailable
 
@@ -56,17 +57,21 @@ class ApiKeySource:
         environ: Mapping[str, str] | None = None,
         vault: Any = None,
         cache_seconds: float = 300.0,
+        timeout_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self._vault = vault
         self._cache_seconds = cache_seconds
+        self._timeout = timeout_seconds
         self._clock = clock
         self._cached: dict[str, tuple[str, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, key_id: str) -> str | None:
-        """The key, or None for a provider that takes none."""
+    async def get(self, key_id: str, deadline: float | None = None) -> str | None:
+        """The key, or None for a provider that takes none. The vault is asked
+        within a share of the time left until `deadline` (event-loop time):
+        a slow vault is an unreachable one, not a silent provider."""
         if not key_id:
             return None
         from_env = self._environ.get(env_name(key_id))
@@ -76,25 +81,41 @@ class ApiKeySource:
         if cached is not None and cached[1] > self._clock():
             return cached[0]
         lock = self._locks.setdefault(key_id, asyncio.Lock())
-        async with lock:
-            cached = self._cached.get(key_id)
-            if cached is not None and cached[1] > self._clock():
-                return cached[0]
-            try:
-                value = await self._read_vault(key_id)
-            except VaultUnreachable:
-                if cached is None:
-                    raise
-                logger.warning("vault unreachable; API key %s read before kept", key_id)
-                value = cached[0]
-            except ProviderFailure:
-                self._cached.pop(key_id, None)  # gone or refused: never reuse it
-                raise
-            self._cached[key_id] = (value, self._clock() + self._cache_seconds)
-            return value
+        try:
+            # Covers the wait for another read of the key and for the token.
+            async with asyncio.timeout(dependency_budget(self._timeout, deadline)):
+                async with lock:
+                    return await self._refresh(key_id)
+        except TimeoutError:
+            logger.warning("API key %s not read: the vault is too slow", key_id)
+            return self._keep(key_id, "the vault did not answer in time")
 
     def invalidate(self, key_id: str) -> None:
         self._cached.pop(key_id, None)
+
+    async def _refresh(self, key_id: str) -> str:
+        cached = self._cached.get(key_id)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        try:
+            value = await self._read_vault(key_id)
+        except VaultUnreachable as failure:
+            return self._keep(key_id, failure.message)
+        except ProviderFailure:
+            self._cached.pop(key_id, None)  # gone or refused: never reuse it
+            raise
+        self._cached[key_id] = (value, self._clock() + self._cache_seconds)
+        return value
+
+    def _keep(self, key_id: str, why: str) -> str:
+        """The key read before, kept for another period while the vault cannot
+        be asked; VaultUnreachable when none was read."""
+        cached = self._cached.get(key_id)
+        if cached is None:
+            raise VaultUnreachable(ErrorClass.CREDENTIALS_UNAVAILABLE, why)
+        logger.warning("vault unreachable; API key %s read before kept", key_id)
+        self._cached[key_id] = (cached[0], self._clock() + self._cache_seconds)
+        return cached[0]
 
     async def _read_vault(self, key_id: str) -> str:
         if self._vault is None:

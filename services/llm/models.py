@@ -29,8 +29,9 @@ class ErrorClass(enum.Enum):
 
     @property
     def counts_against_provider(self) -> bool:
-        """Whether the failure says the provider is unwell (versus the request)."""
-        return self not in _REQUEST_FAULTS
+        """Whether the failure says the provider is unwell (versus the request,
+        or this service's own access to the provider's key)."""
+        return self not in _REQUEST_FAULTS and self not in _NOT_THE_PROVIDERS
 
 
 _REQUEST_FAULTS = {
@@ -39,6 +40,9 @@ _REQUEST_FAULTS = {
     ErrorClass.BAD_REQUEST,
     ErrorClass.DEADLINE_EXCEEDED,
 }
+# No key to send (none configured, or the vault unreachable): the provider was
+# never asked, so a vault outage must not show healthy providers as open.
+_NOT_THE_PROVIDERS = {ErrorClass.CREDENTIALS_UNAVAILABLE}
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,12 @@ class ClientPool:
         self._clients: dict[str, tuple[ProviderConfig, str | None, ProviderClient]] = {}
         self._retired: set[asyncio.Task[None]] = set()
 
-    async def client_for(self, provider: ProviderConfig) -> ProviderClient:
-        key = await self.keys.get(provider.api_key_id)
+    async def client_for(
+        self, provider: ProviderConfig, deadline: float | None = None
+    ) -> ProviderClient:
+        """The provider's client; its key is read within a share of the time
+        left until `deadline` (event-loop time)."""
+        key = await self.keys.get(provider.api_key_id, deadline)
         entry = self._clients.get(provider.provider_id)
         if entry is not None and entry[0] == provider and entry[1] == key:
             return entry[2]

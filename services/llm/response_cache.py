@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any
 
+from services.llm.dependencies import dependency_budget
 from services.llm.models import Completion, CompletionRequest
 
 logger = logging.getLogger(__name__)
@@ -50,16 +51,25 @@ class ResponseCache:
         self._timeout = timeout_seconds
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def lookup(self, request: CompletionRequest) -> CachedAnswer | None:
+    async def lookup(
+        self, request: CompletionRequest, deadline: float | None = None
+    ) -> CachedAnswer | None:
+        """The cached answer, or None; takes no more than a share of the time
+        left until `deadline` (event-loop time), so providers keep the rest."""
         from empire.cache.v1 import cache_service_pb2
 
+        budget = dependency_budget(self._timeout, deadline)
+        if budget <= 0:
+            return None
         try:
-            response = await self._client.Lookup(
-                cache_service_pb2.LookupRequest(
-                    route_id=self._route, key=cache_key(request)
-                ),
-                timeout=self._timeout,
-            )
+            # Bounds the wait for the call's token too, not only the call.
+            async with asyncio.timeout(budget):
+                response = await self._client.Lookup(
+                    cache_service_pb2.LookupRequest(
+                        route_id=self._route, key=cache_key(request)
+                    ),
+                    timeout=budget,
+                )
         except Exception as exc:  # noqa: BLE001 - a cache outage is not fatal
             logger.warning("completion cache lookup failed: %s", _name(exc))
             return None
@@ -107,12 +117,15 @@ class ResponseCache:
             }
         ).encode()
         try:
-            await self._client.Store(
-                cache_service_pb2.StoreRequest(
-                    route_id=self._route, key=cache_key(request), value=value
-                ),
-                timeout=self._timeout,
-            )
+            # The answer was sent: no caller waits, so the store is bounded by
+            # its own timeout alone, the wait for its token included.
+            async with asyncio.timeout(self._timeout):
+                await self._client.Store(
+                    cache_service_pb2.StoreRequest(
+                        route_id=self._route, key=cache_key(request), value=value
+                    ),
+                    timeout=self._timeout,
+                )
         except Exception as exc:  # noqa: BLE001 - a cache outage is not fatal
             logger.warning("completion cache store failed: %s", _name(exc))
 

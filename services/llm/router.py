@@ -198,7 +198,7 @@ class ProviderRouter:
             )
             try:
                 async with timer:
-                    client = await self.pool.client_for(provider)
+                    client = await self.pool.client_for(provider, run.deadline)
                     completion = await client.complete(run.request)
             except Exception as error:
                 failure = self._failure_of(
@@ -228,7 +228,7 @@ class ProviderRouter:
             )
             try:
                 async with timer:
-                    client = await self.pool.client_for(provider)
+                    client = await self.pool.client_for(provider, run.deadline)
                     async with contextlib.aclosing(
                         client.stream(run.request)
                     ) as events:

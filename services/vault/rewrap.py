@@ -67,6 +67,8 @@ class MasterKeyRotator:
         self._pauses = 0
         self._start_after_pause = False
         self._rotating = asyncio.Lock()
+        # The progress read a caller stopped waiting for, still under way.
+        self._progress_read: asyncio.Task[Progress] | None = None
 
     @property
     def running(self) -> bool:
@@ -143,7 +145,21 @@ class MasterKeyRotator:
         self._last = Progress(state, self.target, done, total, len(self._failed))
         return self._last
 
+    async def progress_within(self, seconds: float) -> Progress | None:
+        """`progress()`, or None when the database has not answered within
+        `seconds` (a stalled network answers only at the statement timeout).
+        The read then goes on, one at a time, and updates `last_progress`."""
+        read = self._progress_read
+        if read is None or read.done():
+            read = self._progress_read = asyncio.create_task(self.progress())
+            read.add_done_callback(_retrieve_exception)
+        done, _ = await asyncio.wait({read}, timeout=seconds)
+        return read.result() if done else None
+
     async def close(self) -> None:
+        if self._progress_read is not None:
+            self._progress_read.cancel()
+            await asyncio.gather(self._progress_read, return_exceptions=True)
         await self._stop()
 
     @asynccontextmanager
@@ -260,3 +276,9 @@ class MasterKeyRotator:
             return
         self._state = COMPLETE
         logger.info("every data key is wrapped by master key version %s", self.target)
+
+
+def _retrieve_exception(task: asyncio.Task[Progress]) -> None:
+    # Read here, so a read no caller waited for logs no "never retrieved".
+    if not task.cancelled():
+        task.exception()

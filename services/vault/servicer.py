@@ -273,15 +273,21 @@ class VaultServicer(vault_service_pb2_grpc.VaultServiceServicer):
 
     async def GetStatus(self, request: pb.GetStatusRequest, context: Any) -> Any:
         runtime = self._runtime
-        progress = (
-            runtime.rotator.last_progress
-            if runtime.health.degraded
-            else await runtime.rotator.progress()
-        )
+        progress = None
+        if not runtime.health.degraded:
+            # Bounded like a read: during a stall the status answers from
+            # the last known progress instead of waiting out the statement
+            # timeout.
+            progress = await runtime.rotator.progress_within(
+                runtime.settings.database_timeout_seconds
+            )
+        available = progress is not None and not runtime.health.degraded
+        if progress is None:
+            progress = runtime.rotator.last_progress
         response = pb.GetStatusResponse(
-            database_state=pb.DATABASE_STATE_DEGRADED
-            if runtime.health.degraded
-            else pb.DATABASE_STATE_AVAILABLE,
+            database_state=pb.DATABASE_STATE_AVAILABLE
+            if available
+            else pb.DATABASE_STATE_DEGRADED,
             store=runtime.store.dialect,
             degraded_cache_ttl_seconds=runtime.settings.degraded_cache_ttl_seconds,
             cached_versions=len(runtime.cache),

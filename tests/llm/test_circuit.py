@@ -188,6 +188,27 @@ async def test_scheduled_checks_spare_providers_that_just_served_a_caller(
     assert checked == {"busy": False, "idle": True}
 
 
+async def test_health_checks_honour_a_providers_retry_after(
+    issuer: LocalIssuer,
+    sqlite_url: str,
+    openai_primary: FakeProvider,
+    openai_fallback: FakeProvider,
+) -> None:
+    # A 429 asking for a wait holds back every request of the replica; a
+    # health check is a request too, and must not hit the provider meanwhile.
+    policy = dataclasses.replace(FAST_POLICY, max_retry_after_seconds=600)
+    async for llm in start_llm(issuer, sqlite_url, policy=policy):
+        await llm.client.put("primary", openai_primary, priority=0)
+        await llm.client.put("fallback", openai_fallback, priority=1)
+        openai_primary.inject(faults.rate_limited(retry_after=300), times=1)
+        response = await llm.client.complete()
+
+        await llm.runtime.checker.check_all()
+
+    assert response.provider_id == "fallback"
+    assert (openai_primary.completions, openai_fallback.completions) == (1, 2)
+
+
 async def test_lone_provider_circuit_opens_and_fails_fast_far_under_its_timeout(
     issuer: LocalIssuer, sqlite_url: str, openai_primary: FakeProvider
 ) -> None:
@@ -405,7 +426,9 @@ class GatedProvider:
     def route(self, route: str) -> list[ProviderConfig]:
         return [PROVIDER]
 
-    async def client_for(self, provider: ProviderConfig) -> GatedProvider:
+    async def client_for(
+        self, provider: ProviderConfig, deadline: float | None = None
+    ) -> GatedProvider:
         return self
 
     async def complete(self, request: CompletionRequest) -> Completion:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -24,7 +26,7 @@ from tests.harness.fake_providers import DEFAULT_REPLY, FakeProvider
 from tests.harness.grpc_errors import error_info
 from tests.harness.servers import serve
 from tests.harness.tokens import LocalIssuer
-from tests.llm.harness import start_llm
+from tests.llm.harness import seconds, start_llm
 from tests.vault.conftest import running_vault, vault_settings
 
 
@@ -32,6 +34,29 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def stalled_service() -> AsyncIterator[str]:
+    """A target that accepts connections and never answers, as a stalled
+    network or a hung process would."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def never_a_token() -> str:
+    """A token source whose auth never answers."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 async def test_api_key_from_the_environment_reaches_the_provider(
@@ -234,6 +259,13 @@ async def _settled(llm: object) -> None:
         await asyncio.wait(cache._pending)
 
 
+def _abandon_stores(llm: object) -> None:
+    """Drop the background stores a stalled cache would hold until shutdown."""
+    runtime = llm.runtime  # type: ignore[attr-defined]
+    for task in list(runtime.servicer._completions.cache._pending):
+        task.cancel()
+
+
 async def test_prompts_and_keys_never_reach_the_logs(
     issuer: LocalIssuer, sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -300,3 +332,109 @@ async def test_a_key_rejected_or_withdrawn_is_not_brought_back_by_an_outage(
         await keys.get("llm/openai")
 
     assert caught.value.error_class is ErrorClass.CREDENTIALS_UNAVAILABLE
+
+
+def cache_token(issuer: LocalIssuer) -> object:
+    return lambda: issuer.token(scopes=["cache:use"], subject="llm")
+
+
+def vault_token(issuer: LocalIssuer) -> object:
+    return lambda: issuer.token(scopes=["secrets:read:llm/"], subject="llm")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(cache_token, id="stalled-cache"),
+        pytest.param(None, id="stalled-auth"),
+    ],
+)
+async def test_a_stalled_cache_leaves_the_provider_time_within_a_short_deadline(
+    issuer: LocalIssuer, sqlite_url: str, token: object
+) -> None:
+    # The cache's own timeout (made long here) must not outlast the caller's
+    # deadline, nor may the wait for the token the cache call needs.
+    async with stalled_service() as cache_target, FakeProvider("openai") as fake:
+        async for llm in start_llm(
+            issuer,
+            sqlite_url,
+            cache_target=cache_target,
+            token=token(issuer) if callable(token) else never_a_token,
+            dependency_timeout_seconds=30.0,
+        ):
+            await llm.client.put("p", fake)
+            response = await llm.client.complete(temperature=0.0, timeout=6.0)
+            _abandon_stores(llm)
+
+    assert response.content == DEFAULT_REPLY and not response.cached
+    assert fake.completions == 1
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(vault_token, id="stalled-vault"),
+        pytest.param(None, id="stalled-auth"),
+    ],
+)
+async def test_a_stalled_key_read_fails_over_within_a_short_deadline(
+    issuer: LocalIssuer, sqlite_url: str, token: object
+) -> None:
+    # A key read that cannot finish in time is the vault's failure, not a
+    # silent provider's: it fails over while the next provider has time.
+    async with (
+        stalled_service() as vault_target,
+        FakeProvider("openai") as keyed,
+        FakeProvider("openai") as local,
+    ):
+        async for llm in start_llm(
+            issuer,
+            sqlite_url,
+            vault_target=vault_target,
+            token=token(issuer) if callable(token) else never_a_token,
+            dependency_timeout_seconds=30.0,
+        ):
+            await llm.client.put(
+                "keyed",
+                keyed,
+                priority=0,
+                api_key_id="llm/openai",
+                request_timeout=seconds(30),
+            )
+            await llm.client.put("local", local, priority=1)
+            response = await llm.client.complete(timeout=6.0)
+
+    assert response.provider_id == "local"
+    assert [(a.provider_id, a.error_class) for a in response.failed_attempts] == [
+        ("keyed", pb.ERROR_CLASS_CREDENTIALS_UNAVAILABLE)
+    ]
+    assert keyed.completions == 0
+
+
+async def test_a_vault_outage_leaves_the_providers_circuits_closed(
+    issuer: LocalIssuer, sqlite_url: str
+) -> None:
+    # No key could be read, so the provider was never asked: the outage is
+    # the vault's, and must not show a healthy provider as OPEN.
+    async with FakeProvider("openai") as keyed, FakeProvider("openai") as local:
+        async for llm in start_llm(
+            issuer,
+            sqlite_url,
+            vault_target=f"127.0.0.1:{closed_port()}",
+            token=vault_token(issuer),
+        ):
+            await llm.client.put("keyed", keyed, priority=0, api_key_id="llm/openai")
+            await llm.client.put("local", local, priority=1)
+            tries = llm.settings.policy.breaker_consecutive_failures + 1
+            responses = [await llm.client.complete() for _ in range(tries)]
+            health = await llm.client.call(
+                "GetProviderHealth", pb.GetProviderHealthRequest(provider_id="keyed")
+            )
+
+    assert {r.provider_id for r in responses} == {"local"}
+    assert all(
+        [a.error_class for a in r.failed_attempts]
+        == [pb.ERROR_CLASS_CREDENTIALS_UNAVAILABLE]
+        for r in responses
+    )
+    assert health.providers[0].state == pb.CIRCUIT_STATE_CLOSED

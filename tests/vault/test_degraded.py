@@ -25,6 +25,7 @@ from tests.vault.conftest import (
     running_vault,
     vault_settings,
 )
+from tests.vault.test_rewrap import wait_for_rewrap
 
 pytestmark = pytest.mark.postgres
 
@@ -289,3 +290,34 @@ async def test_a_stall_is_noticed_even_when_the_readers_gave_up_first(
     assert reader.cancelled()
     assert degraded
     assert (during.value, during.source) == (b"v1", "memory")
+
+
+async def test_status_answers_during_a_stall_within_the_db_timeout(
+    proxied: ProxiedVault,
+) -> None:
+    # GetStatus reads the rewrap's progress from the database: during a
+    # stall it must answer from the last known progress after the vault's
+    # database timeout (0.5 s here), not after the statement timeout (10 s).
+    client = proxied.client
+    await client.put("k", b"v")
+    await client.call("RotateMasterKey", pb.RotateMasterKeyRequest())
+    before = await wait_for_rewrap(proxied.vault)
+
+    proxied.proxy.stall()
+    during = [await status_within(client) for _ in range(3)]
+    proxied.proxy.restore()
+    await wait_until_available(client)
+
+    for status in during:
+        assert status.database_state == pb.DATABASE_STATE_DEGRADED
+        assert status.rewrap == before.rewrap
+        assert status.master_key_version == before.master_key_version == 2
+
+
+async def status_within(client: VaultClient) -> pb.GetStatusResponse:
+    """GetStatus with a deadline well above the vault's database timeout and
+    well below PostgreSQL's statement timeout."""
+    response: pb.GetStatusResponse = await client.stub.GetStatus(
+        pb.GetStatusRequest(), metadata=client.metadata(), timeout=6
+    )
+    return response
