@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from shared.errors import Unavailable
 
 TokenSource = Callable[[], Awaitable[str]] | Callable[[], str] | str | None
 
@@ -69,7 +73,20 @@ class ServiceClient:
             return method(request, **kwargs)
 
         async def awaiting_token() -> Any:
-            resolved = await token  # type: ignore[misc]
+            # The call's deadline covers getting its token too: a stalled
+            # auth must not hold a caller past the time it gave the call.
+            timeout = kwargs.get("timeout")
+            started = time.monotonic()
+            try:
+                resolved = await asyncio.wait_for(token, timeout)  # type: ignore[arg-type]
+            except TimeoutError:
+                raise Unavailable(
+                    "no token from auth in time for the call",
+                    reason="AUTH_UNAVAILABLE",
+                ) from None
+            if timeout is not None:
+                spent = time.monotonic() - started
+                kwargs["timeout"] = max(timeout - spent, 0.001)
             kwargs["metadata"] = (*kwargs.get("metadata", ()), bearer(resolved))
             return await method(request, **kwargs)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,6 +18,7 @@ from empire.vault.v1 import vault_service_pb2  # noqa: F401
 from shared.access import rules_for_services
 from shared.clients import ServiceClient, bearer, connect
 from shared.echo import SERVICE_NAME, EchoServicer, echo_service
+from shared.errors import Unavailable
 from shared.server import Service
 from tests.harness.grpc_errors import bad_request, error_info
 from tests.harness.servers import serve, test_server_settings
@@ -300,3 +303,21 @@ async def test_malformed_tokens_are_rejected_before_any_key_lookup(issuer, token
         await verifier.verify(token)
     assert caught.value.reason in {"MALFORMED_TOKEN", "BAD_ALGORITHM"}
     assert issuer.jwks_fetches == 0
+
+
+async def test_a_token_that_never_comes_fails_the_call_within_its_timeout(
+    echo,
+) -> None:
+    never = asyncio.Event()
+
+    async def stalled_token() -> str:
+        await never.wait()
+        return "unreachable"
+
+    client = ServiceClient(echo, token=stalled_token, timeout=0.2)
+
+    with pytest.raises(Unavailable) as caught:
+        # The outer bound only keeps a broken client from hanging the suite.
+        await asyncio.wait_for(client.Echo(echo_pb2.EchoRequest(message="hi")), 30)
+
+    assert caught.value.reason == "AUTH_UNAVAILABLE"
