@@ -38,6 +38,10 @@ MAX_KEY_ID_CHARS = 128
 ALL_SCOPES = "*"
 _VERIFIED_CACHE_SIZE = 4096
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+# RFC 9068 explicit typing: the `typ` auth mints, and the forms a verifier
+# accepts (media types compare case-insensitively, section 4).
+ACCESS_TOKEN_TYPE = "at+jwt"
+_ACCESS_TOKEN_TYPES = frozenset({ACCESS_TOKEN_TYPE, "application/at+jwt"})
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,10 @@ class HttpJwksSource:
 class JwksTokenVerifier:
     """Verifies access tokens against a JWKS, following RFC 8725.
 
-    One algorithm per key (the key's own `alg`), `exp`, `iat`, `iss` and `aud`
-    required, `jku`/`x5u`/`jwk` headers ignored, `kid` looked up only in the
-    fetched set, and no `crit` extension accepted.
+    One algorithm per key (the key's own `alg`), `typ` an access token's
+    (RFC 9068), `exp`, `iat`, `iss` and `aud` required, `jku`/`x5u`/`jwk`
+    headers ignored, `kid` looked up only in the fetched set, and no `crit`
+    extension accepted.
     """
 
     def __init__(
@@ -322,6 +327,7 @@ class HeaderProblem(enum.Enum):
     MALFORMED = "malformed"
     ALGORITHM = "algorithm not accepted"
     CRITICAL = "critical extension"
+    TYPE = "not an access token"
 
 
 class TokenHeaderError(Exception):
@@ -361,6 +367,10 @@ def read_token_header(token: str) -> TokenHeader:
         raise TokenHeaderError(HeaderProblem.ALGORITHM)
     if "crit" in header:
         raise TokenHeaderError(HeaderProblem.CRITICAL)
+    if header.get("typ", "").lower() not in _ACCESS_TOKEN_TYPES:
+        # An ID token or any other JWT signed by the same key must not pass
+        # for an access token (RFC 8725 section 3.11).
+        raise TokenHeaderError(HeaderProblem.TYPE)
 
     usable = isinstance(key_id, str) and 0 < len(key_id) <= MAX_KEY_ID_CHARS
     return TokenHeader(algorithm=algorithm, key_id=key_id if usable else None)
@@ -407,6 +417,7 @@ _HEADER_REFUSALS = {
         "UNSUPPORTED_CRIT",
         "the token requires an unsupported extension",
     ),
+    HeaderProblem.TYPE: ("WRONG_TYPE", "the token is not an access token"),
 }
 
 

@@ -13,10 +13,12 @@ import jwt
 from services.auth.keyring import SigningKeyRing
 from services.auth.signing_keys import SigningKey
 from services.auth.store import AuthQueries, IssuedTokenRow
+from shared.authn import ACCESS_TOKEN_TYPE
 
 TOKEN_TYPE = "Bearer"
 # RFC 9068 explicit typing, so an access token cannot pass for another kind.
-JWT_TYPE = "at+jwt"
+# Verifiers (`shared.authn.read_token_header`) refuse any other.
+JWT_TYPE = ACCESS_TOKEN_TYPE
 # Claims the service sets itself; a caller's extra claims can never set them.
 RESERVED_CLAIMS = frozenset(
     {

@@ -1,9 +1,10 @@
 """Verifying access tokens against the keyring in memory, following RFC 8725.
 
-Exactly one algorithm per key (the key's own); `exp`, `iat`, `iss`, `aud`,
-`sub` and `jti` required; `jku`, `x5u` and `jwk` headers never read; `kid`
-looked up only among this service's keys; no `crit` extension accepted; a
-bounded token size, checked before any parsing. Every failure has a reason.
+Exactly one algorithm per key (the key's own); `typ` an access token's
+(RFC 9068); `exp`, `iat`, `iss`, `aud`, `sub` and `jti` required; `jku`,
+`x5u` and `jwk` headers never read; `kid` looked up only among this service's
+keys; no `crit` extension accepted; a bounded token size, checked before any
+parsing. Every failure has a reason.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ _HEADER_REASONS = {
     HeaderProblem.MALFORMED: "MALFORMED",
     HeaderProblem.ALGORITHM: "DISALLOWED_ALGORITHM",
     HeaderProblem.CRITICAL: "UNSUPPORTED_CRITICAL_HEADER",
+    HeaderProblem.TYPE: "WRONG_TYPE",
 }
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.authn import ACCESS_TOKEN_TYPE
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -20,9 +22,15 @@ def compact(
     claims: dict[str, Any],
     sign: Callable[[bytes], bytes] | None = None,
 ) -> str:
-    """`header.claims.signature`; no signature when `sign` is None."""
+    """`header.claims.signature`; no signature when `sign` is None.
+
+    The header carries an access token's `typ` unless it names its own; a
+    `typ` of None leaves it out.
+    """
+    typed = {"typ": ACCESS_TOKEN_TYPE, **header}
+    typed = {name: value for name, value in typed.items() if value is not None}
     signing_input = (
-        b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+        b64url(json.dumps(typed).encode()) + "." + b64url(json.dumps(claims).encode())
     )
     signature = sign(signing_input.encode()) if sign is not None else b""
     return signing_input + "." + b64url(signature)
@@ -76,4 +84,7 @@ HOSTILE_HEADER_NAMES = sorted(_HOSTILE_HEADERS)
 
 def hostile_header(name: str, kid: str) -> bytes:
     built = _HOSTILE_HEADERS[name](kid)
+    if isinstance(built, dict):
+        # Typed like an honest token, so the one hostile part is what fails.
+        built = {"typ": ACCESS_TOKEN_TYPE, **built}
     return built if isinstance(built, bytes) else json.dumps(built).encode()

@@ -322,3 +322,62 @@ async def test_random_kids_do_not_flood_the_jwks_endpoint(auth: AuthUnderTest) -
     # And the one fetch served real keys: an honest token verifies.
     honest = (await auth.issue()).access_token
     assert (await verifier.verify(honest)).subject == "alice"
+
+
+# Other kinds of JWT auth's key could sign (RFC 8725 section 3.11), and near
+# misses of an access token's `typ`; None leaves the header out.
+WRONG_TYPES = [
+    None,
+    "JWT",
+    "jwt",
+    "id+jwt",
+    "dpop+jwt",
+    "application/jwt",
+    "at+jwt ",
+    "at+jwt; charset=utf-8",
+    "",
+]
+
+
+@pytest.mark.parametrize("typ", WRONG_TYPES, ids=repr)
+async def test_correctly_signed_token_of_another_type_is_refused(
+    auth: AuthUnderTest, typ: str | None
+) -> None:
+    token = _signed_by_auth(auth, header={"typ": typ})
+    assert await _reason(auth, token) == Reason.WRONG_TYPE
+
+    # Auth's own interceptor refuses it as a bearer token too.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await auth.stub.ListSigningKeys(
+            pb.ListSigningKeysRequest(), metadata=(bearer(token),)
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(raised.value).reason == "WRONG_TYPE"
+
+
+@pytest.mark.parametrize(
+    "typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"]
+)
+async def test_access_token_type_passes_in_either_form_and_any_case(
+    auth: AuthUnderTest, typ: str
+) -> None:
+    assert (await auth.verify(_signed_by_auth(auth, header={"typ": typ}))).valid
+
+
+async def test_other_services_refuse_a_token_of_another_type_signed_by_auth(
+    auth: AuthUnderTest,
+) -> None:
+    """The shared verifier, over auth's real JWKS, agrees with VerifyToken."""
+    url = f"http://127.0.0.1:{auth.server.http_port}{JWKS_PATH}"
+    verifier = JwksTokenVerifier(
+        HttpJwksSource(url),
+        issuer=auth.settings.issuer,
+        audience=auth.settings.audience,
+    )
+    honest = (await auth.issue()).access_token
+    assert (await verifier.verify(honest)).subject == "alice"
+
+    for typ in (None, "JWT", "id+jwt"):
+        with pytest.raises(Unauthenticated) as raised:
+            await verifier.verify(_signed_by_auth(auth, header={"typ": typ}))
+        assert raised.value.reason == "WRONG_TYPE"

@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.authn import JwksTokenVerifier
+from shared.authn import ACCESS_TOKEN_TYPE, JwksTokenVerifier
 
 ISSUER = "https://auth.empire-security.local"
 AUDIENCE = "empire-security"
@@ -51,7 +51,10 @@ class LocalIssuer:
             **claims,
         }
         return jwt.encode(
-            payload, self._key, algorithm="EdDSA", headers={"kid": self.kid}
+            payload,
+            self._key,
+            algorithm="EdDSA",
+            headers={"kid": self.kid, "typ": ACCESS_TOKEN_TYPE},
         )
 
     def jwks(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from empire.echo.v1 import echo_service_pb2 as echo_pb2
 from empire.echo.v1 import echo_service_pb2_grpc as echo_grpc
-from shared.authn import MAX_TOKEN_BYTES, JwksTokenVerifier
+from shared.authn import ACCESS_TOKEN_TYPE, MAX_TOKEN_BYTES, JwksTokenVerifier
 from shared.clients import bearer
 from shared.echo import echo_service
 from shared.errors import Unauthenticated
@@ -86,12 +86,12 @@ class PublishedKeys:
         full_header = {"alg": "EdDSA", "kid": self.eddsa_kid, **(header or {})}
         return compact(full_header, _claims(**claims), self.eddsa.sign)
 
-    def es256_token(self, **claims: Any) -> str:
+    def es256_token(self, typ: str = ACCESS_TOKEN_TYPE, **claims: Any) -> str:
         return jwt.encode(
             _claims(**claims),
             self.es256,
             algorithm="ES256",
-            headers={"kid": self.es256_kid},
+            headers={"kid": self.es256_kid, "typ": typ},
         )
 
     def public_pem(self) -> bytes:
@@ -128,6 +128,17 @@ _ATTACKER_JWK = {
     "kid": "evil",
     "alg": "EdDSA",
 }
+# Other kinds of JWT a key may sign (RFC 8725 section 3.11), and near misses.
+WRONG_TYPES = [
+    "jwt",
+    "id+jwt",
+    "dpop+jwt",
+    "application/jwt",
+    "at+jwt ",
+    "at+jwt; charset=utf-8",
+    "application/at+jwt+x",
+    "",
+]
 _PAST = int(time.time()) - 3600
 _FUTURE = int(time.time()) + 3600
 
@@ -268,6 +279,21 @@ ATTACKS = [
         id="crit-b64",
     ),
     pytest.param(
+        lambda: KEYS.eddsa_token({"typ": None}), "WRONG_TYPE", id="typ-missing"
+    ),
+    pytest.param(lambda: KEYS.eddsa_token({"typ": "JWT"}), "WRONG_TYPE", id="typ-JWT"),
+    pytest.param(
+        lambda: KEYS.es256_token(typ="JWT"), "WRONG_TYPE", id="typ-JWT-from-pyjwt"
+    ),
+    *(
+        pytest.param(
+            lambda typ=typ: KEYS.eddsa_token({"typ": typ}),
+            "WRONG_TYPE",
+            id=f"typ-{typ!r}",
+        )
+        for typ in WRONG_TYPES
+    ),
+    pytest.param(
         lambda: _with_signature(KEYS.es256_token(), bytes(64)),
         "BAD_SIGNATURE",
         id="es256-zeros",
@@ -361,6 +387,16 @@ async def test_honest_tokens_of_both_keys_pass_so_the_forgers_are_sound(
     assert await _echo_as(echo, KEYS.eddsa_token()) == "mallory"
     assert await _echo_as(echo, KEYS.es256_token(sub="p256")) == "p256"
     assert await _echo_as(echo, KEYS.eddsa_token(nbf=None)) == "mallory"
+
+
+@pytest.mark.parametrize(
+    "typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"]
+)
+async def test_access_token_type_passes_in_either_form_and_any_case(
+    echo: echo_grpc.EchoServiceStub, typ: str
+) -> None:
+    assert await _echo_as(echo, KEYS.eddsa_token({"typ": typ})) == "mallory"
+    assert await _echo_as(echo, KEYS.es256_token(typ=typ, sub="p256")) == "p256"
 
 
 @pytest.mark.parametrize(("forge", "reason"), ATTACKS)
